@@ -1,0 +1,171 @@
+"""The `labkit` command: Docker-like words for labkit's primitives.
+
+Exit status (as docker run): the command's own; 125 when labkit itself
+failed, with one line on stderr saying what, why and what to do; 126 when the
+command cannot be executed; 127 when it is not found; 128+N when signal N
+killed it.
+
+This module keeps the `run` path light: it imports no jupyter, matplotlib or
+pyroute2 (tests check it), so a container starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from . import ipc, pid, uts
+from .errors import LabkitError, NotRootError, UsageError
+from .spawn import Primitive, spawn
+
+USAGE_EXAMPLES = """\
+examples:
+  labkit doctor                                  is this host ready?
+  labkit run --hostname box -- hostname          prints: box
+  labkit run -- ps -e                            only the container's processes
+  labkit cleanup                                 remove whatever labkit left behind
+"""
+
+# Namespace name (as --ns spells it) -> the primitive that makes it.
+NAMESPACES: dict[str, Callable[[argparse.Namespace], Primitive]] = {
+    "pid": lambda args: pid.PidNamespace(),
+    "uts": lambda args: uts.UtsNamespace(args.hostname),
+    "ipc": lambda args: ipc.IpcNamespace(),
+}
+DEFAULT_NAMESPACES = "pid,uts,ipc,mount,net,cgroup"   # DESIGN.md; those available are used
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line and exit 125 (not 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, f"see `{self.prog} --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="labkit", description="Build a Linux container from kernel primitives.",
+                     epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    doctor = sub.add_parser("doctor", help="check that this host is ready for the lab")
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+
+    run = sub.add_parser("run", help="run a command in a new container",
+                         usage="labkit run [OPTIONS] [--] CMD [ARG...]")
+    add_run_options(run)
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
+                     help="the command to run and its arguments")
+
+    sub.add_parser("cleanup", help="remove every kernel object labkit left behind")
+    return parser
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options that describe a container (shared by run and trace)."""
+    parser.add_argument("--hostname", metavar="NAME", help="hostname in the UTS namespace")
+    parser.add_argument("--ns", metavar="LIST", default=None,
+                        help=f"namespaces to create, comma-separated, of: {', '.join(NAMESPACES)} "
+                             f"(default: those of {DEFAULT_NAMESPACES} available)")
+
+
+def namespace_names(spec: str | None) -> list[str]:
+    """Parse --ns into known namespace names, in the order given."""
+    if spec is None:
+        return [n for n in DEFAULT_NAMESPACES.split(",") if n in NAMESPACES]
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    for n in names:
+        if n not in NAMESPACES:
+            raise UsageError(f"unknown namespace {n!r} in --ns",
+                             f"choose from {', '.join(NAMESPACES)}")
+    return list(dict.fromkeys(names))
+
+
+def primitives_for(args: argparse.Namespace) -> list[Primitive]:
+    """The primitives a `run` asks for, in launch order."""
+    names = namespace_names(args.ns)
+    if args.hostname is not None and "uts" not in names:
+        raise UsageError("--hostname needs a UTS namespace", "add uts to --ns")
+    return [NAMESPACES[n](args) for n in names]
+
+
+def command_of(args: argparse.Namespace) -> list[str]:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("no command given", "name one, e.g. labkit run -- /bin/sh -c 'echo hi'")
+    return cmd
+
+
+def exit_status(returncode: int) -> int:
+    """subprocess-style return code -> shell exit status (128+N for signal N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _on_signal(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)  # unwinds through `with`: kill, reap, release
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise NotRootError()
+    argv = command_of(args)
+    prims = primitives_for(args)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    with spawn(argv, prims, capture=False) as proc:
+        returncode = proc.wait()
+    return exit_status(returncode or 0)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    results = doctor.checks()
+    if args.json:
+        import json
+
+        print(json.dumps({"ready": doctor.ready(results), "checks": doctor.as_dicts(results)}, indent=2))
+    else:
+        print(doctor.report(results))
+    return 0 if doctor.ready(results) else 1
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise NotRootError()
+    from .cleanup import cleanup
+
+    removed = cleanup()
+    for line in removed:
+        print(f"removed {line}")
+    print(f"{len(removed)} object(s) removed" if removed else "nothing to clean: the host is as labkit found it")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "doctor": cmd_doctor, "cleanup": cmd_cleanup,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except LabkitError as e:
+        print(f"labkit: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+def entry() -> NoReturn:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

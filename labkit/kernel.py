@@ -1,0 +1,222 @@
+"""A thin ctypes layer over the C library: the syscalls Python 3.11 lacks.
+
+Each wrapper keeps C semantics: it calls the libc function, and when the kernel
+returns -1 it raises ``OSError(errno, "<syscall>: <why>")``. The docstrings list
+the kernel's preconditions, quoted from the man pages named there.
+
+Nothing here allocates locks or imports modules when called, so these functions
+are safe to call in a child between fork(2) and execve(2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+# CDLL(None) is the running program, which links the C library (glibc or musl).
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# Namespace flags, from <linux/sched.h>; see namespaces(7).
+CLONE_NEWNS = 0x00020000      # mount namespace
+CLONE_NEWCGROUP = 0x02000000  # cgroup namespace
+CLONE_NEWUTS = 0x04000000     # hostname and NIS domain name
+CLONE_NEWIPC = 0x08000000     # System V IPC, POSIX message queues
+CLONE_NEWUSER = 0x10000000    # user and group IDs, capabilities
+CLONE_NEWPID = 0x20000000     # process IDs
+CLONE_NEWNET = 0x40000000     # network devices, stacks, ports
+
+# The name each namespace has under /proc/PID/ns/, by flag.
+NAMESPACES: dict[str, int] = {
+    "mnt": CLONE_NEWNS,
+    "cgroup": CLONE_NEWCGROUP,
+    "uts": CLONE_NEWUTS,
+    "ipc": CLONE_NEWIPC,
+    "user": CLONE_NEWUSER,
+    "pid": CLONE_NEWPID,
+    "net": CLONE_NEWNET,
+}
+
+# mount(2) flags, from <sys/mount.h>.
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_STRICTATIME = 1 << 24
+
+# umount2(2) flags.
+MNT_DETACH = 2
+
+# prctl(2) options.
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
+
+
+def _check(result: int, syscall: str, subject: str = "") -> int:
+    """Turn a C-style -1 return into OSError(errno, "syscall: [subject: ]why")."""
+    if result == -1:
+        err = ctypes.get_errno()
+        where = f"{subject}: " if subject else ""
+        raise OSError(err, f"{syscall}: {where}{os.strerror(err)}")
+    return result
+
+
+def _path(p: str | bytes | None) -> bytes | None:
+    return os.fsencode(p) if p is not None else None
+
+
+def unshare(flags: int) -> None:
+    """Move the calling process into new namespaces of the kinds in ``flags``.
+
+    unshare(2): every CLONE_NEW* flag but CLONE_NEWUSER needs CAP_SYS_ADMIN in
+    the caller's user namespace. CLONE_NEWPID does not move the caller: only
+    its next child is created in the new PID namespace (and becomes its PID 1).
+    CLONE_NEWUSER fails with EINVAL in a multithreaded process.
+    """
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Join the namespace that ``fd`` (an open /proc/PID/ns/* file) refers to.
+
+    setns(2): needs CAP_SYS_ADMIN in the namespace's owning user namespace (and
+    in the caller's own for most types). Joining a PID namespace only affects
+    children created afterwards. ``nstype`` 0 accepts any type.
+    """
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def mount(source: str | None, target: str, fstype: str | None,
+          flags: int = 0, data: str | None = None) -> None:
+    """Attach a filesystem (or change a mount's propagation) at ``target``.
+
+    mount(2): needs CAP_SYS_ADMIN in the user namespace that owns the caller's
+    mount namespace. Propagation changes (MS_PRIVATE, MS_SLAVE) take only the
+    target and the flag; MS_REC applies them to every mount below the target.
+    """
+    _check(_libc.mount(_path(source), _path(target), _path(fstype),
+                       ctypes.c_ulong(flags), _path(data)),
+           "mount", target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    """Detach the filesystem mounted at ``target``; MNT_DETACH makes it lazy.
+
+    umount2(2): with MNT_DETACH the mount disappears from the namespace at once
+    and is freed when it is no longer busy.
+    """
+    _check(_libc.umount2(_path(target), ctypes.c_int(flags)),
+           "umount2", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """Make ``new_root`` the root mount of the caller's mount namespace.
+
+    pivot_root(2): new_root must be a mount point and not on the same mount as
+    the current root; put_old must be at or underneath new_root; neither the
+    current root nor new_root may have shared propagation. The old root is
+    moved to put_old, from where it can then be unmounted.
+    """
+    _check(_libc.syscall(ctypes.c_long(_SYS_PIVOT_ROOT),
+                         _path(new_root), _path(put_old)), "pivot_root")
+
+
+def sethostname(name: str) -> None:
+    """Set the hostname of the caller's UTS namespace.
+
+    sethostname(2): needs CAP_SYS_ADMIN in the user namespace that owns the UTS
+    namespace; at most 64 bytes (HOST_NAME_MAX), else EINVAL.
+    """
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+
+
+def setdomainname(name: str) -> None:
+    """Set the NIS domain name of the caller's UTS namespace.
+
+    setdomainname(2): same rules as sethostname(2), 64 bytes at most.
+    """
+    raw = name.encode()
+    _check(_libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """Call prctl(2) and return its (non-negative) result."""
+    return _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2),
+                              ctypes.c_ulong(arg3), ctypes.c_ulong(arg4),
+                              ctypes.c_ulong(arg5)), "prctl")
+
+
+# capget(2)/capset(2) use version 3: two 32-bit words per set.
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def capget(pid: int = 0) -> tuple[int, int, int]:
+    """Return (effective, permitted, inheritable) capability masks of ``pid``.
+
+    capget(2): pid 0 means the calling thread.
+    """
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    low, high = data[0], data[1]
+    return ((high.effective << 32) | low.effective,
+            (high.permitted << 32) | low.permitted,
+            (high.inheritable << 32) | low.inheritable)
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set the calling thread's capability masks.
+
+    capset(2): the new permitted set must be a subset of the current one, the
+    effective set a subset of the new permitted set.
+    """
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i, shift in enumerate((0, 32)):
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+def ns_inode(pid: int | str, ns: str) -> int:
+    """Inode number of /proc/PID/ns/NS: two processes share a namespace iff equal."""
+    return os.stat(f"/proc/{pid}/ns/{ns}").st_ino
+
+
+# System V message queues, from <sys/ipc.h> and <sys/msg.h>.
+IPC_CREAT = 0o1000
+IPC_EXCL = 0o2000
+IPC_RMID = 0
+
+
+def msgget(key: int, flags: int) -> int:
+    """Get (with IPC_CREAT: create) the message queue ``key`` of the caller's
+    IPC namespace and return its id. msgget(2)."""
+    return _check(_libc.msgget(ctypes.c_int(key), ctypes.c_int(flags)), "msgget")
+
+
+def msgctl_rmid(msqid: int) -> None:
+    """Remove message queue ``msqid`` at once. msgctl(2) with IPC_RMID."""
+    _check(_libc.msgctl(ctypes.c_int(msqid), ctypes.c_int(IPC_RMID), None), "msgctl")

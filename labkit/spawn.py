@@ -1,0 +1,380 @@
+"""The one launch pipeline every labkit container starts through.
+
+::
+
+    parent                              child A                       child B = PID 1
+    prepare() each primitive
+    fork ─────────────────────────────▶ unshare(flags of all prims)
+                                        write "U" ──┐
+    join(pid_A) each primitive ◀────────────────────┘
+    write "G" ────────────────────────▶ fork (only if CLONE_NEWPID) ──▶ enter() each primitive
+                                        report B's wait status         execve(CMD)
+    wait A; release() each primitive, on every path
+
+Why two forks: unshare(CLONE_NEWPID) does not move the caller into the new PID
+namespace; only the caller's next child is born there, as its PID 1
+(pid_namespaces(7)). Why the parent waits for "U" before join(): a uid_map can
+only be written, a veth only moved, once the child's namespaces exist
+(user_namespaces(7), network_namespaces(7)).
+
+Between fork and execve the child only makes syscalls through labkit.kernel
+and os: no imports, no locks, no logging, since the parent (a notebook kernel)
+may be multi-threaded and a lock held by another thread at fork time is never
+released in the child. A failed step is written to the status pipe as
+``E<step>\\0<errno>\\0<message>`` and raised in the parent as a LabkitError.
+The status pipe is close-on-exec: when the parent reads end-of-file, the
+command has been executed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import tempfile
+from typing import IO, Iterable, NamedTuple, Sequence
+
+from . import kernel
+from .errors import (CommandNotExecutableError, CommandNotFoundError,
+                     KernelError, LabkitError, UsageError)
+
+DEFAULT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "TERM": os.environ.get("TERM", "xterm"),
+}
+
+
+class Primitive:
+    """One isolation primitive: the namespaces it needs and its four hooks.
+
+    ``flags`` are the CLONE_NEW* bits child A passes to unshare(2). The hooks
+    run in the order the primitives are given; ``release()`` in reverse order.
+
+    - ``prepare()``: in the parent, before fork (create what must exist first).
+    - ``join(pid)``: in the parent, once child A has unshared (write its maps,
+      move a link into its network namespace, put it in a cgroup).
+    - ``enter()``: in the child about to execve (only syscalls, see module doc).
+    - ``release()``: in the parent, after the container exited, on every path,
+      also when an earlier hook failed. It must be safe to call twice.
+    """
+
+    name = "primitive"
+    flags = 0
+
+    def prepare(self) -> None:
+        pass
+
+    def join(self, pid: int) -> None:
+        pass
+
+    def enter(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+class Result(NamedTuple):
+    """What a finished container left: its exit status and its output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Process:
+    """A running container: its init process, its namespaces, its release.
+
+    ``pid`` is the host PID of the command (PID 1 inside when a PID namespace
+    was made). ``returncode`` follows subprocess: the exit status, or -N when
+    a signal N ended it. Use it as a context manager: on leaving the block the
+    command is killed if still running, reaped, and every primitive released.
+    """
+
+    def __init__(self, argv: Sequence[str], primitives: list[Primitive], pid_a: int,
+                 pid: int, exit_r: int, stdout: IO[bytes] | None,
+                 stderr: IO[bytes] | None) -> None:
+        self.argv = list(argv)
+        self.primitives = primitives
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdout = ""
+        self.stderr = ""
+        self._pid_a = pid_a
+        self._exit_r = exit_r
+        self._out, self._err = stdout, stderr
+        self._released = False
+
+    def namespaces(self) -> dict[str, int]:
+        """Inode of each of the container's namespaces, from /proc/PID/ns/."""
+        return {ns: kernel.ns_inode(self.pid, ns) for ns in kernel.NAMESPACES}
+
+    def cgroup(self) -> str:
+        """The container's line(s) of /proc/PID/cgroup (hierarchy:controllers:path)."""
+        with open(f"/proc/{self.pid}/cgroup") as f:
+            return f.read()
+
+    def poll(self) -> int | None:
+        """The return code if the container has exited, else None."""
+        return self.wait(timeout=0) if self.returncode is None else self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the container to exit; None if ``timeout`` seconds passed first."""
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is not None:
+            pidfd = os.pidfd_open(self._pid_a)
+            try:
+                if not select.select([pidfd], [], [], timeout)[0]:
+                    return None
+            finally:
+                os.close(pidfd)
+        _, status = os.waitpid(self._pid_a, 0)
+        reported = _read_all(self._exit_r)        # B's status, relayed by A
+        os.close(self._exit_r)
+        if reported:
+            status = int(reported)
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self.stdout, self.stderr = _drain(self._out), _drain(self._err)
+        return self.returncode
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the container's init (from the host's PID namespace,
+        so SIGKILL reaches even a PID 1, see pid_namespaces(7))."""
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def release(self) -> None:
+        """Release every primitive, in reverse order; raise the first failure."""
+        if self._released:
+            return
+        self._released = True
+        _release(self.primitives)
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.returncode is None:
+                self.kill()
+                self.wait()
+        finally:
+            self.release()
+
+
+def spawn(argv: Sequence[str], primitives: Iterable[Primitive] = (), *,
+          env: dict[str, str] | None = None, capture: bool = True) -> Process:
+    """Start ``argv`` in new namespaces made by ``primitives``; return once it runs.
+
+    With ``capture`` the command's stdin is /dev/null and its stdout/stderr are
+    kept for ``Process.stdout``/``stderr``; without, it shares the caller's.
+    Raises LabkitError (nothing left behind) when a step fails.
+    """
+    if not argv:
+        raise UsageError("no command given", "name the command to run, e.g. -- /bin/sh -c 'echo hi'")
+    prims = list(primitives)
+    prepared: list[Primitive] = []
+    try:
+        for p in prims:
+            p.prepare()
+            prepared.append(p)
+        return _launch(list(argv), prims, dict(env or DEFAULT_ENV), capture)
+    except BaseException:
+        _release(prepared)
+        raise
+
+
+def run(argv: Sequence[str], primitives: Iterable[Primitive] = (), *,
+        env: dict[str, str] | None = None, timeout: float | None = None) -> Result:
+    """Run ``argv`` to completion in new namespaces; return status and output."""
+    with spawn(argv, primitives, env=env) as proc:
+        if proc.wait(timeout) is None:
+            proc.kill()
+            proc.wait()
+            raise LabkitError(f"{argv[0]} did not exit within {timeout} s",
+                              "it was killed; give it more time or check it does not wait for input")
+    return Result(proc.returncode or 0, proc.stdout, proc.stderr)
+
+
+def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
+            capture: bool) -> Process:
+    flags = 0
+    for p in prims:
+        flags |= p.flags
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)   # children -> parent; EOF = exec'd
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)           # parent -> child A: "G"
+    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)       # child A -> parent: B's wait status
+    out = tempfile.TemporaryFile() if capture else None
+    err = tempfile.TemporaryFile() if capture else None
+    stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if capture else 0
+    stdio = (stdin, out.fileno() if out else 1, err.fileno() if err else 2)
+
+    pid_a = os.fork()
+    if pid_a == 0:
+        _child_a(argv, prims, env, flags, stdio, status_w, go_r, exit_w)  # never returns
+    for fd in (status_w, go_r, exit_w) + ((stdin,) if capture else ()):
+        os.close(fd)
+
+    lines = _Lines(status_r)
+    try:
+        _expect(lines.next(), b"U", argv[0])
+        for p in prims:
+            p.join(pid_a)
+        os.write(go_w, b"G")
+        pid = int(_expect(lines.next(), b"P", argv[0]))
+        _expect(lines.next(), None, argv[0])       # end of file: execve succeeded
+    except BaseException:
+        os.close(go_w)                             # child A reads EOF and gives up
+        _kill_and_reap(pid_a)
+        os.close(exit_r)
+        raise
+    finally:
+        os.close(status_r)
+    os.close(go_w)
+    return Process(argv, prims, pid_a, pid, exit_r, out, err)
+
+
+def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags: int,
+             stdio: tuple[int, int, int], status_w: int, go_r: int, exit_w: int) -> None:
+    """Child A: unshare, wait for the parent's joins, then become or fork PID 1."""
+    step = "prctl(PR_SET_PDEATHSIG)"
+    try:
+        kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)   # parent dies -> we die
+        step = "unshare"
+        kernel.unshare(flags)
+        os.write(status_w, b"U\n")
+        if os.read(go_r, 1) != b"G":
+            os._exit(125)                           # the parent gave up
+        if not flags & kernel.CLONE_NEWPID:
+            os.write(status_w, b"P%d\n" % os.getpid())
+            _exec_child(argv, prims, env, stdio, status_w)
+        pid_b = os.fork()
+        if pid_b == 0:
+            kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
+            _exec_child(argv, prims, env, stdio, status_w)
+        # A stays only to relay B's status; the terminal's ^C is for B, not us.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGQUIT,
+                                                  signal.SIGTERM, signal.SIGHUP})
+        os.write(status_w, b"P%d\n" % pid_b)
+        os.close(status_w)
+        _, status = os.waitpid(pid_b, 0)
+        os.write(exit_w, b"%d" % status)
+        os._exit(0)
+    except OSError as e:
+        _report(status_w, step, e)
+    except BaseException:
+        pass
+    os._exit(125)
+
+
+def _exec_child(argv: list[str], prims: list[Primitive], env: dict[str, str],
+                stdio: tuple[int, int, int], status_w: int) -> None:
+    """The container's init: stdio, enter() each primitive, execve. Never returns."""
+    step = "dup2"
+    try:
+        for target, fd in enumerate(stdio):
+            if fd != target:
+                os.dup2(fd, target)
+        # Python ignores SIGPIPE and the parent may block signals: an exec'd
+        # program expects default dispositions and an empty signal mask.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        for p in prims:
+            step = f"{p.name}: enter"
+            p.enter()
+        step = "execve"
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        _report(status_w, step, e)
+    except BaseException:
+        pass
+    os._exit(125)
+
+
+def _report(status_w: int, step: str, e: OSError) -> None:
+    """Send a failed step to the parent: E<step>\\0<errno>\\0<message>."""
+    message = e.strerror or ""
+    os.write(status_w, b"E%s\0%d\0%s\n" % (step.encode(), e.errno or 0, message.encode()))
+
+
+class _Lines:
+    """Read newline-terminated messages from a pipe; b"" at end of file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buf = fd, b""
+
+    def next(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                rest, self.buf = self.buf, b""
+                return rest
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+
+def _expect(line: bytes, tag: bytes | None, command: str) -> str:
+    """Return the message's body if it has ``tag``; raise the child's error."""
+    if line.startswith(b"E"):
+        step, err, message = line[1:].decode(errors="replace").split("\0", 2)
+        raise _error_for(step, int(err), message, command)
+    if tag is None and not line:
+        return ""
+    if tag is not None and line.startswith(tag):
+        return line[len(tag):].decode()
+    raise LabkitError("the container's first process died during setup",
+                      "run `labkit doctor`, then retry")
+
+
+def _error_for(step: str, err: int, message: str, command: str) -> LabkitError:
+    """The LabkitError for a failed step; execve failures get 126/127."""
+    if step == "execve" and err == errno.ENOENT:
+        return CommandNotFoundError(f"{command}: command not found in the container",
+                                    "check its name, and that it exists in the container's PATH")
+    if step == "execve":
+        return CommandNotExecutableError(f"{command}: cannot be executed: {message}",
+                                         "check that it is a program with execute permission")
+    return KernelError(step, err, message)
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
+
+
+def _read_all(fd: int) -> bytes:
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
+    return data
+
+
+def _drain(f: IO[bytes] | None) -> str:
+    if f is None:
+        return ""
+    f.seek(0)
+    text = f.read().decode(errors="replace")
+    f.close()
+    return text
+
+
+def _release(prims: list[Primitive]) -> None:
+    """Call release() on each primitive in reverse order; re-raise the first error."""
+    first: BaseException | None = None
+    for p in reversed(prims):
+        try:
+            p.release()
+        except BaseException as e:  # every release must run, even after one failed
+            first = first or e
+    if first is not None:
+        raise first
