@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install everything the lab needs on a Debian/Ubuntu host, as root. Idempotent:
+# a second run installs nothing and changes nothing.
+#   Debian packages: busybox-static (the containers' root filesystem), strace,
+#   iproute2, util-linux (unshare, for comparison), runc and bubblewrap (benchmarks).
+#   A Python virtual environment in $LABKIT_VENV (default: .venv in the repository)
+#   with requirements.txt and labkit itself (pip install -e).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${LABKIT_VENV:-$repo/.venv}
+packages=(busybox-static strace iproute2 util-linux runc bubblewrap python3-venv ca-certificates)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: needs root: run it with sudo, or inside the lab VM" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+python=${LABKIT_PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: labkit needs Python 3.11 or newer; $("$python" --version 2>&1) found" >&2
+    exit 1
+fi
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating the virtual environment $venv"
+    "$python" -m venv "$venv"
+fi
+# pip is run only when requirements.txt or pyproject.toml changed since the last run.
+stamp="$venv/.labkit-installed"
+want=$(cat "$repo/requirements.txt" "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "setup: installing the Python packages (requirements.txt, labkit)"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements.txt"
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$repo"
+    echo "$want" > "$stamp"
+fi
+echo "setup: ready ($venv)"
