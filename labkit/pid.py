@@ -72,6 +72,8 @@ def processes_in(pid_ns_inode: int) -> list[ProcessEntry]:
             ids = nspid(int(name))
         except (FileNotFoundError, ProcessLookupError, LookupError):
             continue                            # it exited while we looked
+        except PermissionError:
+            continue                            # not ours to inspect (ptrace access mode)
         command = stat[stat.index("(") + 1:stat.rindex(")")]
         ppid = int(stat[stat.rindex(")") + 2:].split()[1])
         entries.append(ProcessEntry(int(name), ids[-1], ppid, command))

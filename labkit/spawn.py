@@ -57,7 +57,8 @@ class Primitive:
       move a link into its network namespace, put it in a cgroup).
     - ``enter()``: in the child about to execve (only syscalls, see module doc).
     - ``release()``: in the parent, after the container exited, on every path,
-      also when an earlier hook failed. It must be safe to call twice.
+      also when an earlier hook (its own prepare() included) failed or never
+      ran. It must be safe to call twice.
     """
 
     name = "primitive"
@@ -179,14 +180,12 @@ def spawn(argv: Sequence[str], primitives: Iterable[Primitive] = (), *,
     if not argv:
         raise UsageError("no command given", "name the command to run, e.g. -- /bin/sh -c 'echo hi'")
     prims = list(primitives)
-    prepared: list[Primitive] = []
     try:
         for p in prims:
             p.prepare()
-            prepared.append(p)
         return _launch(list(argv), prims, dict(env or DEFAULT_ENV), capture)
     except BaseException:
-        _release(prepared)
+        _release(prims)     # all of them: a failed prepare() may have half-made its object
         raise
 
 

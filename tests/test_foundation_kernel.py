@@ -1,0 +1,255 @@
+"""Integration tests: real namespaces on the real kernel, checked from the host side."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import labkit_cli
+
+from labkit import ipc, kernel, pid, spawn, uts
+from labkit.errors import CommandNotFoundError, KernelError, LabkitError
+
+ALL = lambda: [pid.PidNamespace(), uts.UtsNamespace("box"), ipc.IpcNamespace()]  # noqa: E731
+
+
+def test_namespace_inodes_differ_from_the_host(no_leaks):
+    host = {ns: kernel.ns_inode("self", ns) for ns in kernel.NAMESPACES}
+    with spawn.spawn(["sleep", "30"], ALL()) as proc:
+        inside = proc.namespaces()
+    for ns in ("pid", "uts", "ipc", "mnt"):
+        assert inside[ns] != host[ns], f"{ns} namespace was not new"
+    for ns in ("net", "user", "cgroup"):
+        assert inside[ns] == host[ns], f"{ns} namespace changed though not asked for"
+
+
+def test_only_the_namespaces_asked_for_are_new(no_leaks):
+    host = kernel.ns_inode("self", "uts")
+    with spawn.spawn(["sleep", "30"], [ipc.IpcNamespace()]) as proc:
+        inside = proc.namespaces()
+    assert inside["uts"] == host
+    assert inside["ipc"] != kernel.ns_inode("self", "ipc")
+
+
+def test_command_is_pid_1_and_sees_only_its_processes(no_leaks):
+    r = spawn.run(["sh", "-c", "echo $$; ls /proc | grep -c '^[0-9]'"], ALL())
+    assert r.returncode == 0
+    own_pid, visible = r.stdout.split()
+    assert own_pid == "1"
+    assert int(visible) <= 3        # sh, the pipeline's ls and grep
+
+
+def test_nspid_maps_host_pid_to_container_pid(no_leaks):
+    with spawn.spawn(["sh", "-c", "sleep 30 & exec sleep 30"], ALL()) as proc:
+        time.sleep(0.2)
+        host_ns = kernel.ns_inode(proc.pid, "pid")
+        entries = pid.processes_in(host_ns)
+        assert pid.nspid(proc.pid) == [proc.pid, 1]
+        assert [e.container_pid for e in entries] == [1, 2]
+        assert entries[0].host_pid == proc.pid
+        assert entries[1].host_ppid == proc.pid          # PID 1 is the parent
+
+
+def test_hostname_inside_does_not_change_the_host(no_leaks):
+    before = socket.gethostname()
+    r = spawn.run(["hostname"], [uts.UtsNamespace("inside-box", "lab.local")])
+    assert r.stdout.strip() == "inside-box"
+    r = spawn.run(["cat", "/proc/sys/kernel/domainname"], [uts.UtsNamespace("x", "lab.local")])
+    assert r.stdout.strip() == "lab.local"
+    assert socket.gethostname() == before
+
+
+def test_ipc_object_is_invisible_across_namespaces(no_leaks):
+    key = 0x1AB5_0000 + os.getpid() % 0xFFFF
+    msqid = ipc.create_queue(key)
+    try:
+        assert key in [q["key"] for q in ipc.message_queues()]
+        r = spawn.run(["cat", "/proc/sysvipc/msg"], [ipc.IpcNamespace()])
+        assert f"{key:d}" not in r.stdout.split()
+        r = spawn.run(["cat", "/proc/sysvipc/msg"], [])           # no IPC namespace: visible
+        assert f"{key:d}" in r.stdout.split()
+    finally:
+        ipc.remove_queue(msqid)
+
+
+def test_exit_status_and_signals_are_reported(no_leaks):
+    assert spawn.run(["sh", "-c", "exit 7"], ALL()).returncode == 7
+    assert spawn.run(["sh", "-c", "kill -TERM $$"], [uts.UtsNamespace()]).returncode == -signal.SIGTERM
+    with spawn.spawn(["sleep", "30"], ALL()) as proc:
+        proc.kill(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+
+
+def test_pid_1_ignores_signals_from_inside_but_not_sigkill_from_the_host(no_leaks):
+    # pid_namespaces(7): init gets only signals it has a handler for, from inside.
+    r = spawn.run(["sh", "-c", "kill -KILL $$; echo survived"], ALL())
+    assert r.stdout.strip() == "survived" and r.returncode == 0
+
+
+def test_killing_pid_1_kills_the_whole_namespace(no_leaks):
+    with spawn.spawn(["sh", "-c", "sleep 60 & sleep 60 & wait"], ALL()) as proc:
+        time.sleep(0.2)
+        ns = kernel.ns_inode(proc.pid, "pid")
+        assert len(pid.processes_in(ns)) == 3
+        proc.kill()
+        proc.wait()
+    assert pid.processes_in(ns) == []
+
+
+def test_command_not_found_raises_and_leaves_nothing(no_leaks):
+    with pytest.raises(CommandNotFoundError, match="no-such-cmd"):
+        spawn.run(["no-such-cmd"], ALL())
+
+
+class Recorder(spawn.Primitive):
+    """A primitive that records its hooks, and can fail in one of them."""
+
+    name = "recorder"
+
+    def __init__(self, log: list[str], fail_in: str = "", tag: str = "r") -> None:
+        self.log, self.fail_in, self.tag = log, fail_in, tag
+
+    def _hook(self, hook: str) -> None:
+        self.log.append(f"{self.tag}.{hook}")
+        if hook == self.fail_in:
+            raise LabkitError(f"{hook} failed on purpose")
+
+    def prepare(self) -> None:
+        self._hook("prepare")
+
+    def join(self, pid: int) -> None:
+        self._hook("join")
+
+    def release(self) -> None:
+        self._hook("release")
+
+
+@pytest.mark.parametrize("fail_in", ["", "prepare", "join"])
+def test_every_release_runs_on_every_path(fail_in, no_leaks):
+    log: list[str] = []
+    prims = [Recorder(log, tag="a"), pid.PidNamespace(), Recorder(log, fail_in, tag="b")]
+    if fail_in:
+        with pytest.raises(LabkitError, match="on purpose"):
+            spawn.run(["true"], prims)
+    else:
+        spawn.run(["true"], prims)
+    assert log[-2:] == ["b.release", "a.release"]
+
+
+def test_release_runs_when_the_caller_is_interrupted(no_leaks):
+    log: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        with spawn.spawn(["sleep", "30"], [pid.PidNamespace(), Recorder(log)]) as proc:
+            raise KeyboardInterrupt
+    assert log[-1] == "r.release"
+    assert proc.returncode == -signal.SIGKILL
+
+
+class FailingEnter(spawn.Primitive):
+    name = "bad-mount"
+
+    def enter(self) -> None:
+        kernel.mount("none", "/nonexistent-labkit-dir", "tmpfs")
+
+
+def test_a_refused_step_names_the_step_and_errno(no_leaks):
+    with pytest.raises(KernelError) as info:
+        spawn.run(["true"], [pid.PidNamespace(), FailingEnter()])
+    assert "bad-mount: enter failed with ENOENT" in str(info.value)
+    assert "/nonexistent-labkit-dir" in str(info.value)
+
+
+def test_the_container_dies_with_its_parent():
+    """PR_SET_PDEATHSIG: a kill -9 of the launcher takes the container with it."""
+    code = ("import sys, time; from labkit import spawn, pid;"
+            "p = spawn.spawn(['sleep', '60'], [pid.PidNamespace()]);"
+            "print(p.pid, flush=True); time.sleep(60)")
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    container = int(launcher.stdout.readline())
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{container}"):
+            break
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{container}")
+
+
+# ---- the CLI, as a user runs it -------------------------------------------------
+
+def test_cli_run_prints_hostname_and_passes_exit_status():
+    r = labkit_cli("run", "--hostname", "box", "--", "sh", "-c", "hostname; exit 4")
+    assert (r.returncode, r.stdout, r.stderr) == (4, "box\n", "")
+
+
+def test_cli_run_attaches_stdin():
+    r = labkit_cli("run", "--", "cat", input="through the pipe\n")
+    assert r.stdout == "through the pipe\n"
+
+
+@pytest.mark.parametrize("argv,code,message", [
+    (["run", "--ns", "pid,bogus", "true"], 125, "unknown namespace 'bogus'"),
+    (["run", "--hostname", "h" * 65, "true"], 125, "over the kernel's limit of 64"),
+    (["run"], 125, "no command given"),
+    (["run", "--", "no-such-command"], 127, "no-such-command: command not found"),
+    (["run", "--", "/etc/hostname"], 126, "cannot be executed"),
+    (["run", "--ns", "uts", "--", "sh", "-c", "kill -KILL $$"], 137, ""),
+])
+def test_cli_bad_input_is_one_clear_line(argv, code, message, no_leaks):
+    r = labkit_cli(*argv)
+    assert r.returncode == code
+    if message:
+        assert message in r.stderr
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("labkit: ")
+        assert "Traceback" not in r.stderr
+
+
+def test_cli_not_root_is_refused_with_the_hint():
+    """Really drop to an unprivileged uid in a child, then call the CLI's main()."""
+    from labkit import cli
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read)
+        sys.stderr = os.fdopen(write, "w", buffering=1)
+        os.setgid(65534)
+        os.setuid(65534)
+        os._exit(cli.main(["run", "--", "true"]))
+    os.close(write)
+    message = os.read(read, 4096).decode()
+    os.close(read)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 125
+    assert message == "labkit: labkit needs root: run it inside the lab VM, or with sudo\n"
+
+
+def test_cli_sigterm_kills_container_and_releases(no_leaks):
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "run", "--", "sleep", "60"])
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+
+
+def test_cli_run_path_imports_no_heavy_library():
+    code = ("import sys; from labkit import cli; cli.main(['run', '--', 'true']);"
+            "print(sorted(m for m in ('pyroute2', 'matplotlib', 'jupyter', 'ipywidgets',"
+            " 'IPython', 'jupyter_client') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_cli_doctor_reports_ready_here():
+    r = labkit_cli("doctor")
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("ready")
+    r = labkit_cli("doctor", "--json")
+    import json
+
+    report = json.loads(r.stdout)
+    assert report["ready"] is True
+    assert {c["name"] for c in report["checks"]} >= {"root", "namespace pid", "namespace uts"}
