@@ -1,0 +1,293 @@
+"""cgroups: limit what a container may use, and read back what it used.
+
+cgroups(7): a control group is a directory in a cgroup filesystem; writing a
+PID to its ``cgroup.procs`` moves that process (and its future children) into
+it, and the group's controller files set limits the kernel enforces on every
+process inside: CPU time per period (cpu), memory (memory, with the OOM
+killer), number of tasks (pids), block I/O bytes per second (io / blkio).
+
+Two versions exist. v1 mounts one hierarchy per controller; v2 has one unified
+tree. Hosts mix them ("hybrid": some controllers on v1, the rest on v2), so the
+version is detected per controller from /proc/self/mounts and v2's
+``cgroup.controllers``. A limit is a row of ``LIMITS``: its name, the v1 file,
+the v2 file, the parser of the user's value. Everything labkit makes lives
+under a ``labkit/`` parent in each hierarchy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable, NamedTuple
+
+from ..errors import LabkitError, UsageError
+from ..spawn import Primitive
+from . import v1, v2
+from .units import parse_count, parse_cpus, parse_rate, parse_size
+
+
+def cpu_quota_us(cpus: str | float) -> int:
+    """CPUs -> microseconds of CPU time allowed per 100 ms period (0.5 -> 50000)."""
+    return round(parse_cpus(cpus) * v2.PERIOD_US)
+
+
+class Limit(NamedTuple):
+    """One limit: Cgroup keyword, controller, v1 file and line, v2 file and line."""
+
+    name: str
+    controller: str
+    parse: Callable[[object], int]
+    v1_file: str
+    v1_line: Callable[[int, str], str]     # (value, "MAJ:MIN") -> what to write
+    v2_file: str
+    v2_line: Callable[[int, str], str]
+
+
+LIMITS: tuple[Limit, ...] = (
+    # v1's cpu.cfs_period_us defaults to 100000 us, the same period as v2's cpu.max.
+    Limit("cpu", "cpu", cpu_quota_us, "cpu.cfs_quota_us", lambda q, d: str(q),
+          "cpu.max", lambda q, d: v2.format_cpu_max(q)),
+    Limit("memory", "memory", lambda s: parse_size(s, "memory limit"),
+          "memory.limit_in_bytes", lambda b, d: str(b), "memory.max", lambda b, d: str(b)),
+    Limit("pids", "pids", lambda n: parse_count(n, "pids limit"),
+          "pids.max", lambda n, d: str(n), "pids.max", lambda n, d: str(n)),
+    Limit("io_read_bps", "io", lambda r: parse_rate(r, "read rate"),
+          "blkio.throttle.read_bps_device", lambda r, d: f"{d} {r}",
+          "io.max", lambda r, d: v2.format_io_max(d, "rbps", r)),
+    Limit("io_write_bps", "io", lambda r: parse_rate(r, "write rate"),
+          "blkio.throttle.write_bps_device", lambda r, d: f"{d} {r}",
+          "io.max", lambda r, d: v2.format_io_max(d, "wbps", r)),
+)
+
+
+class Counter(NamedTuple):
+    """One number read back: (file, key or None for a one-number file, scale) per version."""
+
+    name: str
+    controller: str
+    v1: tuple[str, str | None, float]
+    v2: tuple[str, str | None, float]
+
+
+STATS: tuple[Counter, ...] = (
+    Counter("cpu_usage_usec", "cpu", ("cpuacct.usage", None, 1e-3), ("cpu.stat", "usage_usec", 1)),
+    Counter("nr_periods", "cpu", ("cpu.stat", "nr_periods", 1), ("cpu.stat", "nr_periods", 1)),
+    Counter("nr_throttled", "cpu", ("cpu.stat", "nr_throttled", 1), ("cpu.stat", "nr_throttled", 1)),
+    Counter("throttled_usec", "cpu", ("cpu.stat", "throttled_time", 1e-3), ("cpu.stat", "throttled_usec", 1)),
+    Counter("memory_current", "memory", ("memory.usage_in_bytes", None, 1), ("memory.current", None, 1)),
+    Counter("memory_peak", "memory", ("memory.max_usage_in_bytes", None, 1), ("memory.peak", None, 1)),
+    Counter("pids_current", "pids", ("pids.current", None, 1), ("pids.current", None, 1)),
+)
+
+EVENTS: tuple[Counter, ...] = (
+    Counter("oom_kill", "memory", ("memory.oom_control", "oom_kill", 1), ("memory.events", "oom_kill", 1)),
+    Counter("memory_max", "memory", ("memory.failcnt", None, 1), ("memory.events", "max", 1)),
+    Counter("pids_max", "pids", ("pids.events", "max", 1), ("pids.events", "max", 1)),
+)
+
+ACCOUNTING = ("cpu", "memory", "pids")   # joined whenever the host has them, to read usage
+
+
+class MissingControllerError(LabkitError):
+    """The host has no such cgroup controller, on v1 or v2."""
+
+    def __init__(self, controller: str) -> None:
+        super().__init__(f"the {controller} cgroup controller is not available on this host",
+                         f"it is neither a mounted cgroup v1 hierarchy nor in cgroup v2's "
+                         f"cgroup.controllers; enable it (cgroup_enable={controller} on the kernel "
+                         f"command line) or drop that limit; see `labkit doctor`")
+
+
+def mounts() -> tuple[dict[str, str], str | None]:
+    """(v1 hierarchy name -> mount point, the cgroup2 mount point or None)."""
+    v1_mounts: dict[str, str] = {}
+    unified = None
+    wanted = {h for hs in v1.HIERARCHIES.values() for h in hs}
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            _, point, fstype, options = line.split()[:4]
+            if fstype == "cgroup":
+                for opt in options.split(","):
+                    if opt in wanted:
+                        v1_mounts.setdefault(opt, point)
+            elif fstype == "cgroup2" and unified is None:
+                unified = point
+    return v1_mounts, unified
+
+
+def controllers() -> dict[str, str]:
+    """Logical controller (cpu, memory, pids, io) -> "v1" or "v2", as this host has it."""
+    v1_mounts, unified = mounts()
+    on_v2: list[str] = []
+    if unified:
+        with open(os.path.join(unified, "cgroup.controllers")) as f:
+            on_v2 = f.read().split()
+    found = {}
+    for c, hierarchies in v1.HIERARCHIES.items():
+        if hierarchies[0] in v1_mounts:
+            found[c] = "v1"
+        elif c in on_v2:
+            found[c] = "v2"
+    return found
+
+
+def block_device(path: str) -> str:
+    """"MAJ:MIN" of the disk holding ``path`` (a partition's whole disk: the
+    I/O throttle applies to disks, blkio-controller.rst) or of ``path`` itself
+    when it is a block device node such as /dev/loop3."""
+    st = os.stat(path)
+    dev = st.st_rdev if (st.st_mode & 0o170000) == 0o060000 else st.st_dev
+    number = f"{os.major(dev)}:{os.minor(dev)}"
+    sysfs = f"/sys/dev/block/{number}"
+    if not os.path.exists(sysfs):
+        raise UsageError(f"no block device behind {path} (its filesystem is not on a disk)",
+                         "name one, e.g. --io-write-bps /dev/loop0:2MB/s")
+    if os.path.exists(os.path.join(sysfs, "partition")):
+        with open(os.path.join(sysfs, "..", "dev")) as f:
+            number = f.read().strip()
+    return number
+
+
+class Cgroup(Primitive):
+    """A group ``labkit/<name>`` in every hierarchy it needs, with its limits.
+
+    ``Cgroup("web", cpu=0.5, memory="64M", pids=32, io_write_bps="2MB/s",
+    io_device="/dev/loop3")``. As a Primitive, prepare() makes the group and
+    writes the limits, join(pid) moves child A into it (its children inherit
+    the group, cgroups(7)), release() kills what is left and removes it. As a
+    context manager it does prepare() and release() around a block.
+    """
+
+    name = "cgroup"
+
+    def __init__(self, name: str, *, io_device: str = "/", **limits: object) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise UsageError(f"bad cgroup name {name!r}", "use letters, digits, '.', '_', '-' (64 at most)")
+        unknown = set(limits) - {row.name for row in LIMITS}
+        if unknown:
+            raise UsageError(f"unknown cgroup limit {sorted(unknown)[0]!r}",
+                             f"choose from {', '.join(row.name for row in LIMITS)}")
+        self.group = name
+        self.values = {row.name: row.parse(limits[row.name]) for row in LIMITS
+                       if limits.get(row.name) is not None}
+        needed = {row.controller for row in LIMITS if row.name in self.values}
+        host = controllers()
+        for c in sorted(needed):
+            if c not in host:
+                raise MissingControllerError("blkio/io" if c == "io" else c)
+        self.versions = {c: host[c] for c in needed | {c for c in ACCOUNTING if c in host}}
+        self.device = block_device(io_device) if "io" in needed else ""
+        v1_mounts, unified = mounts()
+        on = lambda version: sorted(c for c, v in self.versions.items() if v == version)
+        # The v2 group is made whenever a v2 tree exists, even with no controller
+        # on v2: its core files (cgroup.kill, cgroup.events, cpu.stat) work anyway.
+        self.v2 = v2.V2Group(unified, name, on("v2")) if unified else None
+        self.v1 = v1.V1Group(v1_mounts, name, on("v1")) if on("v1") else None
+        self.created = False
+
+    def paths(self) -> list[str]:
+        """Every directory of the group, v2 first."""
+        return ([self.v2.path] if self.v2 else []) + (self.v1.all_dirs() if self.v1 else [])
+
+    def prepare(self) -> None:
+        """Make the group in each hierarchy and write each limit's file."""
+        if self.created:
+            return
+        self.created = True
+        try:
+            if self.v2:
+                self.v2.create()
+            if self.v1:
+                self.v1.create()
+            for row in LIMITS:
+                if row.name in self.values:
+                    self._set(row)
+        except FileExistsError:
+            self.created = False          # not ours: leave it
+            raise LabkitError(f"cgroup labkit/{self.group} exists already",
+                              "choose another name, or run `labkit cleanup` to remove leftovers") from None
+        except OSError as e:
+            self.release()
+            raise LabkitError(f"cannot set up cgroup labkit/{self.group}: {e.strerror} ({e.filename})",
+                              "check `labkit doctor`; the value may be outside what the kernel accepts") from None
+
+    def _set(self, row: Limit) -> None:
+        value = self.values[row.name]
+        if self.versions[row.controller] == "v1":
+            self.v1.write(row.controller, row.v1_file, row.v1_line(value, self.device))
+        else:
+            self.v2.write(row.v2_file, row.v2_line(value, self.device))
+
+    def join(self, pid: int) -> None:
+        self.add(pid)
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` into the group in every hierarchy."""
+        if self.v2:
+            self.v2.add(pid)
+        if self.v1:
+            self.v1.add(pid)
+
+    def procs(self) -> list[int]:
+        """PIDs in the group (union over hierarchies)."""
+        found = set(self.v1.procs() if self.v1 else []) | set(self.v2.procs() if self.v2 else [])
+        return sorted(found)
+
+    def _read(self, counters: tuple[Counter, ...]) -> dict[str, int]:
+        result = {}
+        for counter in counters:
+            version = self.versions.get(counter.controller)
+            if version is None and counter.controller == "cpu" and self.v2:
+                version = "v2"                    # cpu.stat usage is a v2 core file
+            if version is None:
+                continue
+            file, key, scale = counter.v1 if version == "v1" else counter.v2
+            try:
+                text = (self.v1.read(counter.controller, file) if version == "v1"
+                        else self.v2.read(file))
+            except FileNotFoundError:
+                continue                          # not offered by this kernel/version
+            values = {None: int(text.split()[0])} if key is None else v2.parse_flat_keyed(text)
+            if key in values:
+                result[counter.name] = round(values[key] * scale)
+        return result
+
+    def stats(self) -> dict[str, int]:
+        """Live usage: CPU time, throttling, memory, tasks, and I/O bytes of the device."""
+        result = self._read(STATS)
+        if "io" in self.versions:
+            result.update(self.io_bytes())
+        return result
+
+    def events(self) -> dict[str, int]:
+        """What the kernel did at the limits: OOM kills, times at memory.max, refused forks."""
+        return self._read(EVENTS)
+
+    def io_bytes(self) -> dict[str, int]:
+        """Bytes read and written on the limited device (v1 io_service_bytes, v2 io.stat)."""
+        if self.versions.get("io") == "v1":
+            found = v1.parse_io_service_bytes(self.v1.read("io", "blkio.throttle.io_service_bytes"),
+                                              self.device)
+            return {"io_rbytes": found.get("Read", 0), "io_wbytes": found.get("Write", 0)}
+        found = v2.parse_nested_keyed(self.v2.read("io.stat")).get(self.device, {})
+        return {"io_rbytes": found.get("rbytes", 0), "io_wbytes": found.get("wbytes", 0)}
+
+    def release(self) -> None:
+        """Kill every process still inside, then remove the group. Safe twice."""
+        if not self.created:
+            return
+        if self.v2:
+            self.v2.kill()
+        if self.v1:
+            self.v1.kill()
+            self.v1.remove()
+        if self.v2:
+            self.v2.remove()
+        self.created = False
+
+    def __enter__(self) -> "Cgroup":
+        self.prepare()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
