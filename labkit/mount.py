@@ -1,0 +1,267 @@
+"""Mount namespace: the container's own mount table, and a new root in it.
+
+mount_namespaces(7): a new mount namespace starts as a copy of its parent's
+mount table; mounts made afterwards in one are not seen in the other, unless
+propagation carries them. Propagation is per mount: a *shared* mount (systemd
+makes / shared) passes its mount events to its peers, also in the host's
+namespace. So the first thing a container does is make every mount *private*
+(``mount --make-rprivate /``): from then on its mounts stay its own.
+
+The container's files come from an image directory (see rootfs.py). With
+``overlay`` the image is the read-only lower layer of an overlayfs, and each
+container gets its own upper and work directories under /run/labkit: writes
+go to the upper layer (copy-up), so two containers started from one image
+start identical and never see each other's writes, and the image never
+changes (https://docs.kernel.org/filesystems/overlayfs.html).
+
+Then, before the switch, the kernel's own filesystems are mounted inside the
+new root, as runc does: a fresh /proc (it shows the PID namespace of the
+process that mounts it, proc(5)), a minimal /dev on tmpfs with only the safe
+devices, /sys read-only, and runc's masked and read-only /proc paths. Last,
+pivot_root(2) makes the new root the namespace's root mount and moves the old
+one aside, where it is unmounted and its directory removed: unlike chroot(2),
+which only changes one process's view of "/", nothing of the host's tree is
+left in the namespace to walk back to. (A process that shares the host's PID
+namespace could still reach the host's root through /proc/1/root: the mount
+namespace goes with a PID namespace.)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import stat
+from typing import NamedTuple
+
+from . import kernel
+from .errors import UsageError
+from .spawn import Primitive
+
+RUN_DIR = "/run/labkit"     # per-container overlay upper/work directories live here
+OLD_ROOT = "/.labkit-oldroot"
+
+# The devices a container gets in its /dev (major, minor), as runc's defaults;
+# see Documentation/admin-guide/devices.txt.
+DEVICES: dict[str, tuple[int, int]] = {
+    "null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
+    "urandom": (1, 9), "tty": (5, 0),
+}
+DEV_LINKS: dict[str, str] = {
+    "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx",
+}
+
+# runc's default masked paths (hidden: /dev/null over a file, an empty
+# read-only tmpfs over a directory) and read-only paths (runtime-spec defaults).
+MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                "/sys/devices/virtual/powercap")
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+# The kernel filesystems mounted inside the new root:
+# target, fstype, flags, data (mount(2)).
+KERNEL_MOUNTS: tuple[tuple[str, str, int, str | None], ...] = (
+    ("/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, None),
+    ("/dev", "tmpfs", kernel.MS_NOSUID | kernel.MS_STRICTATIME, "mode=755,size=65536k"),
+    ("/dev/pts", "devpts", kernel.MS_NOSUID | kernel.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
+    ("/dev/shm", "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, "mode=1777,size=65536k"),
+    ("/sys", "sysfs", kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, None),
+)
+PROC_FLAGS = kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
+
+
+class Volume(NamedTuple):
+    """A host path bind-mounted into the container (``--volume HOST:CTR[:ro]``)."""
+
+    source: str      # absolute host path
+    target: str      # absolute path inside the container
+    readonly: bool
+
+
+def parse_volume(spec: str) -> Volume:
+    """Parse ``HOST:CTR[:ro|rw]``; raise UsageError for anything else."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1] or \
+            (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise UsageError(f"malformed volume {spec!r}", "write it HOST:CTR or HOST:CTR:ro")
+    return volume(parts[0], parts[1], len(parts) == 3 and parts[2] == "ro")
+
+
+def volume(source: str, target: str, readonly: bool = False) -> Volume:
+    """A checked Volume: the host path exists, the container path is absolute and plain."""
+    if not os.path.exists(source):
+        raise UsageError(f"volume source {source} does not exist on the host",
+                         "create it first, or fix the path")
+    return Volume(os.path.abspath(source), check_target(target), readonly)
+
+
+def check_target(target: str) -> str:
+    """Return the normalised ``target`` if it is a plain absolute path other than /."""
+    if not target.startswith("/"):
+        raise UsageError(f"volume target {target!r} is not an absolute path",
+                         "give the path inside the container from /, e.g. /data")
+    if ".." in target.split("/"):
+        raise UsageError(f"volume target {target!r} contains '..'",
+                         "give a plain absolute path inside the container")
+    target = os.path.normpath(target)
+    if target == "/":
+        raise UsageError("a mount cannot replace the container's /", "use --rootfs for that")
+    return target
+
+
+class MountNamespace(Primitive):
+    """A new mount namespace whose root is ``rootfs`` (an overlay of it by default).
+
+    ``volumes`` are bind-mounted, ``tmpfs`` paths get an empty tmpfs. On the
+    host, ``upper`` is the container's writable layer (None without overlay).
+    """
+
+    name = "mount"
+    flags = kernel.CLONE_NEWNS
+
+    def __init__(self, rootfs: str, volumes: tuple[Volume, ...] | list[Volume] = (),
+                 tmpfs: tuple[str, ...] | list[str] = (), overlay: bool = True) -> None:
+        if not os.path.isdir(rootfs):
+            raise UsageError(f"rootfs {rootfs} is not a directory",
+                             "give a directory, or build one: labkit rootfs build DIR")
+        self.rootfs = os.path.abspath(rootfs)
+        self.volumes = list(volumes)
+        self.tmpfs = [check_target(t) for t in tmpfs]
+        self.overlay = overlay
+        self.dir: str | None = None
+        self.upper: str | None = None
+
+    def prepare(self) -> None:
+        """Make the per-container overlay directories (and compute every path
+        now: the child only makes syscalls)."""
+        self.new_root = self.rootfs
+        if self.overlay:
+            os.makedirs(RUN_DIR, exist_ok=True)
+            self.dir = os.path.join(RUN_DIR, f"mnt-{secrets.token_hex(4)}")
+            self.upper, work = os.path.join(self.dir, "upper"), os.path.join(self.dir, "work")
+            self.new_root = os.path.join(self.dir, "merged")
+            try:
+                for d in (self.dir, self.upper, work, self.new_root):
+                    os.mkdir(d, 0o755)
+            except OSError:
+                self.release()        # spawn releases only primitives that prepared
+                raise
+            self.overlay_data = f"lowerdir={self.rootfs},upperdir={self.upper},workdir={work}"
+        r = self.new_root
+        self.kernel_mounts = [(r + t, fs, fl, data) for t, fs, fl, data in KERNEL_MOUNTS]
+        self.devices = [(f"{r}/dev/{n}", os.makedev(*nums)) for n, nums in DEVICES.items()]
+        self.dev_links = [(target, f"{r}/dev/{n}") for n, target in DEV_LINKS.items()]
+        self.binds = [(v.source, r + v.target, v.readonly, os.path.isdir(v.source))
+                      for v in self.volumes]
+        self.tmpfs_targets = [r + t for t in self.tmpfs]
+        self.masked = [r + p for p in MASKED_PATHS]
+        self.readonly = [r + p for p in READONLY_PATHS]
+
+    def enter(self) -> None:
+        # 1. Our mounts must not propagate to the host (nor the host's to us).
+        kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+        # 2. The new root must be a mount point for pivot_root(2).
+        if self.overlay:
+            kernel.mount("overlay", self.new_root, "overlay", 0, self.overlay_data)
+        else:
+            kernel.mount(self.rootfs, self.new_root, None, kernel.MS_BIND | kernel.MS_REC)
+        # 3. The kernel's filesystems, a minimal /dev, tmpfs and volumes.
+        for target, fstype, flags, data in self.kernel_mounts:
+            os.makedirs(target, exist_ok=True)
+            kernel.mount(fstype, target, fstype, flags, data)
+        for path, dev in self.devices:
+            os.mknod(path, stat.S_IFCHR | 0o666, dev)
+            os.chmod(path, 0o666)                   # mknod's mode is filtered by the umask
+        for target, link in self.dev_links:
+            os.symlink(target, link)
+        for target in self.tmpfs_targets:
+            os.makedirs(target, exist_ok=True)
+            kernel.mount("tmpfs", target, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=1777")
+        for source, target, readonly, is_dir in self.binds:
+            _make_mount_point(target, is_dir)
+            _bind(source, target, readonly)
+        # 4. runc's masked and read-only paths of /proc and /sys.
+        for path in self.masked:
+            _mask(path)
+        for path in self.readonly:
+            if os.path.exists(path):
+                _bind(path, path, readonly=True, flags=PROC_FLAGS)
+        # 5. Switch roots; unmount the old root and remove its directory.
+        os.chdir(self.new_root)
+        try:
+            os.mkdir(self.new_root + OLD_ROOT, 0o700)
+        except FileExistsError:
+            pass
+        kernel.pivot_root(self.new_root, self.new_root + OLD_ROOT)
+        os.chdir("/")
+        kernel.umount2(OLD_ROOT, kernel.MNT_DETACH)
+        os.rmdir(OLD_ROOT)
+
+    def release(self) -> None:
+        """Remove the container's upper and work directories. The mounts went
+        away with the namespace: they were never in the host's table."""
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+def _make_mount_point(path: str, is_dir: bool) -> None:
+    """A bind mount needs a target of the same kind: a directory or a file."""
+    if is_dir:
+        os.makedirs(path, exist_ok=True)
+    elif not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+def _bind(source: str, target: str, readonly: bool, flags: int = 0) -> None:
+    """Bind-mount ``source`` at ``target``; read-only takes a second call.
+
+    mount(2): MS_RDONLY is ignored on the first MS_BIND call; a bind mount is
+    made read-only by remounting it with MS_REMOUNT | MS_BIND | MS_RDONLY
+    (which applies to that one mount, not to mounts below it).
+    """
+    kernel.mount(source, target, None, kernel.MS_BIND | kernel.MS_REC)
+    if readonly:
+        kernel.mount(None, target, None,
+                     kernel.MS_BIND | kernel.MS_REMOUNT | kernel.MS_RDONLY | flags)
+
+
+def _mask(path: str) -> None:
+    """Hide ``path``: an empty read-only tmpfs over a directory, /dev/null over a file."""
+    try:
+        is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if is_dir:
+        kernel.mount("tmpfs", path, "tmpfs", kernel.MS_RDONLY)
+    else:
+        kernel.mount("/dev/null", path, None, kernel.MS_BIND)
+
+
+class MountEntry(NamedTuple):
+    """One line of /proc/PID/mountinfo (proc(5)), the fields a reader needs."""
+
+    mount_id: int
+    parent_id: int
+    root: str            # the path inside the filesystem that is mounted here
+    mount_point: str     # where, relative to the reader's root
+    options: str         # per-mount options: rw/ro, nosuid ...
+    propagation: str     # optional fields: shared:N, master:N, or "private"
+    fstype: str
+    source: str
+
+
+def mountinfo(pid: int | str = "self") -> list[MountEntry]:
+    """The mount table of the mount namespace of ``pid``, as that process sees it."""
+    entries = []
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            left, right = line.rstrip("\n").split(" - ", 1)
+            fields = left.split()
+            fstype, source = right.split()[:2]
+            entries.append(MountEntry(int(fields[0]), int(fields[1]), fields[3], fields[4],
+                                      fields[5], " ".join(fields[6:]) or "private", fstype, source))
+    return entries
