@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from . import ipc, pid, uts
+from . import caps, ipc, pid, user, uts
 from .errors import LabkitError, NotRootError, UsageError
 from .spawn import Primitive, spawn
 
@@ -34,6 +34,9 @@ NAMESPACES: dict[str, Callable[[argparse.Namespace], Primitive]] = {
     "pid": lambda args: pid.PidNamespace(),
     "uts": lambda args: uts.UtsNamespace(args.hostname),
     "ipc": lambda args: ipc.IpcNamespace(),
+    "user": lambda args: user.UserNamespace(
+        [user.parse_map(m, "--uid-map") for m in args.uid_map or ()],
+        [user.parse_map(m, "--gid-map") for m in args.gid_map or ()]),
 }
 DEFAULT_NAMESPACES = "pid,uts,ipc,mount,net,cgroup"   # DESIGN.md; those available are used
 
@@ -70,6 +73,17 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ns", metavar="LIST", default=None,
                         help=f"namespaces to create, comma-separated, of: {', '.join(NAMESPACES)} "
                              f"(default: those of {DEFAULT_NAMESPACES} available)")
+    parser.add_argument("--userns", action="store_true",
+                        help="add a user namespace: root inside is uid 100000 outside "
+                             "(your own uid when you are not root); needed to run without root")
+    parser.add_argument("--uid-map", action="append", metavar="INSIDE:OUTSIDE:COUNT",
+                        help="a uid range of the user namespace (repeatable; default 0:100000:65536)")
+    parser.add_argument("--gid-map", action="append", metavar="INSIDE:OUTSIDE:COUNT",
+                        help="a gid range of the user namespace (repeatable; default 0:100000:65536)")
+    parser.add_argument("--cap-add", action="append", metavar="CAP", default=[],
+                        help="keep this capability too (repeatable; ALL for every one)")
+    parser.add_argument("--cap-drop", action="append", metavar="CAP", default=[],
+                        help="drop this capability of Docker's default 14 (repeatable; ALL for every one)")
 
 
 def namespace_names(spec: str | None) -> list[str]:
@@ -89,7 +103,12 @@ def primitives_for(args: argparse.Namespace) -> list[Primitive]:
     names = namespace_names(args.ns)
     if args.hostname is not None and "uts" not in names:
         raise UsageError("--hostname needs a UTS namespace", "add uts to --ns")
-    return [NAMESPACES[n](args) for n in names]
+    if (args.uid_map or args.gid_map) and not (args.userns or "user" in names):
+        raise UsageError("--uid-map/--gid-map need a user namespace", "add --userns")
+    if args.userns or "user" in names:
+        names = ["user"] + [n for n in names if n != "user"]   # the user namespace owns the others
+    # Capabilities last: every other enter() still needs its capabilities (caps.py).
+    return [NAMESPACES[n](args) for n in names] + [caps.Capabilities(caps.resolve(args.cap_add, args.cap_drop))]
 
 
 def command_of(args: argparse.Namespace) -> list[str]:
@@ -110,9 +129,31 @@ def _on_signal(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)  # unwinds through `with`: kill, reap, release
 
 
+# Options that need host root even with a user namespace, and why: user_namespaces(7),
+# its capabilities cover only what it owns, not the host's cgroups, links or bridge.
+NEEDS_HOST_ROOT = {
+    "memory": "--memory writes the host's cgroup files", "cpus": "--cpus writes the host's cgroup files",
+    "pids": "--pids writes the host's cgroup files", "io_read_bps": "--io-read-bps writes the host's cgroup files",
+    "io_write_bps": "--io-write-bps writes the host's cgroup files",
+    "bandwidth": "--bandwidth changes a link on the host", "ip": "--ip configures the host's bridge labkit0",
+    "net": "--net bridge plugs a link into the host's bridge labkit0",
+}
+
+
+def check_rootless(args: argparse.Namespace) -> None:
+    """Without root, refuse (in one clear line) what only host root may do."""
+    if os.geteuid() == 0:
+        return
+    if not (args.userns or "user" in namespace_names(args.ns)):
+        raise LabkitError("creating namespaces needs root, or a user namespace of your own",
+                          "run labkit as root, or add --userns for a rootless container")
+    for dest, why in NEEDS_HOST_ROOT.items():
+        if getattr(args, dest, None) not in (None, False, [], "none"):
+            raise LabkitError(f"{why}, which needs host root", "run labkit as root, or leave the option out")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        raise NotRootError()
+    check_rootless(args)
     argv = command_of(args)
     prims = primitives_for(args)
     for sig in (signal.SIGTERM, signal.SIGHUP):

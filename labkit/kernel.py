@@ -220,3 +220,22 @@ def msgget(key: int, flags: int) -> int:
 def msgctl_rmid(msqid: int) -> None:
     """Remove message queue ``msqid`` at once. msgctl(2) with IPC_RMID."""
     _check(_libc.msgctl(ctypes.c_int(msqid), ctypes.c_int(IPC_RMID), None), "msgctl")
+
+
+# prctl(PR_CAP_AMBIENT, ...) operations, from <linux/prctl.h>.
+PR_CAP_AMBIENT_IS_SET = 1
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_SYS_FINIT_MODULE = {"x86_64": 313, "aarch64": 273}[os.uname().machine]
+
+
+def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
+    """Load the kernel module in the open file ``fd``.
+
+    init_module(2): the caller needs CAP_SYS_MODULE in the *initial* user
+    namespace, checked before the file is even looked at, so without it the
+    call fails with EPERM whatever ``fd`` is.
+    """
+    _check(_libc.syscall(ctypes.c_long(_SYS_FINIT_MODULE), ctypes.c_int(fd),
+                         params.encode(), ctypes.c_int(flags)), "finit_module")
