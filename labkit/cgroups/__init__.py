@@ -152,7 +152,8 @@ class Cgroup(Primitive):
     """A group ``labkit/<name>`` in every hierarchy it needs, with its limits.
 
     ``Cgroup("web", cpu=0.5, memory="64M", pids=32, io_write_bps="2MB/s",
-    io_device="/dev/loop3")``. As a Primitive, prepare() makes the group and
+    io_device="/dev/loop3")``; the I/O limits apply to ``io_device``'s disk
+    (default: the disk holding /). As a Primitive, prepare() makes the group and
     writes the limits, join(pid) moves child A into it (its children inherit
     the group, cgroups(7)), release() kills what is left and removes it. As a
     context manager it does prepare() and release() around a block.
@@ -160,7 +161,7 @@ class Cgroup(Primitive):
 
     name = "cgroup"
 
-    def __init__(self, name: str, *, io_device: str = "/", **limits: object) -> None:
+    def __init__(self, name: str, *, io_device: str | None = None, **limits: object) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
             raise UsageError(f"bad cgroup name {name!r}", "use letters, digits, '.', '_', '-' (64 at most)")
         unknown = set(limits) - {row.name for row in LIMITS}
@@ -171,12 +172,14 @@ class Cgroup(Primitive):
         self.values = {row.name: row.parse(limits[row.name]) for row in LIMITS
                        if limits.get(row.name) is not None}
         needed = {row.controller for row in LIMITS if row.name in self.values}
+        if io_device is not None:
+            needed.add("io")                      # account the device's I/O even without a limit
         host = controllers()
         for c in sorted(needed):
             if c not in host:
                 raise MissingControllerError("blkio/io" if c == "io" else c)
         self.versions = {c: host[c] for c in needed | {c for c in ACCOUNTING if c in host}}
-        self.device = block_device(io_device) if "io" in needed else ""
+        self.device = block_device(io_device or "/") if "io" in needed else ""
         v1_mounts, unified = mounts()
         on = lambda version: sorted(c for c, v in self.versions.items() if v == version)
         # The v2 group is made whenever a v2 tree exists, even with no controller
