@@ -10,6 +10,7 @@ kernel restart, this removes them; each function returns what it removed.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 
@@ -30,18 +31,15 @@ def mounts_under(prefix: str) -> list[str]:
 
 
 def remove_mounts() -> list[str]:
-    """Unmount everything under /run/labkit and remove the directory tree."""
+    """Unmount everything under /run/labkit and remove the directory tree
+    (with the overlay upper/work directories of containers, see mount.py)."""
     removed = []
     for point in mounts_under(RUN_DIR):
         kernel.umount2(point, kernel.MNT_DETACH)
         removed.append(f"mount {point}")
     if os.path.isdir(RUN_DIR):
-        for root, dirs, files in os.walk(RUN_DIR, topdown=False):
-            for name in files:
-                os.unlink(os.path.join(root, name))
-            for name in dirs:
-                os.rmdir(os.path.join(root, name))
-        os.rmdir(RUN_DIR)
+        # rmtree unlinks symbolic links (an upper layer may hold some) instead of following them.
+        shutil.rmtree(RUN_DIR)
         removed.append(f"directory {RUN_DIR}")
     return removed
 

@@ -45,8 +45,10 @@ Progress = Callable[[str], None]
 
 
 def _print_progress(line: str) -> None:
-    """The default progress line: rewritten in place on stderr."""
-    print(f"\rlabkit: {line}\033[K", end="", file=sys.stderr, flush=True)
+    """The default progress line, rewritten in place on a terminal's stderr
+    (and erased by the empty line); nothing when stderr is not a terminal."""
+    if sys.stderr.isatty():
+        print(f"\rlabkit: {line}\033[K" if line else "\r\033[K", end="", file=sys.stderr, flush=True)
 
 
 def is_rootfs(path: str) -> bool:
@@ -83,7 +85,7 @@ def build(dest: str = DEFAULT_ROOTFS, progress: Progress | None = _print_progres
         tmp = f"{dest}.tmp-{os.getpid()}"
         try:
             os.mkdir(tmp, 0o755)
-            _populate(tmp, names, busybox, progress)
+            _populate(tmp, names, busybox, progress, shown=dest)
             os.rename(tmp, dest)
         except OSError as e:
             if not is_rootfs(dest):
@@ -92,11 +94,12 @@ def build(dest: str = DEFAULT_ROOTFS, progress: Progress | None = _print_progres
         finally:
             shutil.rmtree(tmp, ignore_errors=True)   # someone else renamed first: theirs stays
     if progress:
-        progress(f"rootfs ready: {dest} ({len(names)} busybox applets)\n")
+        progress("")
     return dest
 
 
-def _populate(root: str, names: list[str], busybox: str, progress: Progress | None) -> None:
+def _populate(root: str, names: list[str], busybox: str, progress: Progress | None,
+              shown: str = "") -> None:
     """Create every directory, file and applet link that is missing under ``root``."""
     for d, mode in DIRECTORIES.items():
         path = os.path.join(root, d)
@@ -115,7 +118,7 @@ def _populate(root: str, names: list[str], busybox: str, progress: Progress | No
             os.makedirs(os.path.dirname(link), exist_ok=True)
             os.symlink("/bin/busybox", link)   # absolute: resolved inside the container's root
         if progress and (i % 32 == 0 or i == len(names)):
-            progress(f"building rootfs {root}: {i}/{len(names)} applets")
+            progress(f"building rootfs {shown or root}: {i}/{len(names)} applets")
 
 
 def _write_if_changed(path: str, text: str) -> None:
@@ -228,5 +231,5 @@ def import_tarball(tarball: str, dest: str, progress: Progress | None = _print_p
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if progress:
-        progress(f"rootfs ready: {dest} ({len(members)} entries)\n")
+        progress("")
     return dest

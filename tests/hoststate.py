@@ -50,6 +50,24 @@ def _netns() -> set[str]:
     return {n for n in os.listdir("/run/netns") if n.startswith("labkit")} if os.path.isdir("/run/netns") else set()
 
 
+def _overlay_dirs() -> set[str]:
+    """Per-container overlay upper/work directories (mount.py: /run/labkit/mnt-*)."""
+    path = "/run/labkit"
+    return {n for n in os.listdir(path) if n.startswith("mnt-")} if os.path.isdir(path) else set()
+
+
+def _loop_devices() -> set[str]:
+    """Attached loop devices and their backing files (/sys/block/loopN/loop/backing_file)."""
+    found = set()
+    for name in os.listdir("/sys/block"):
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as f:
+                found.add(f"{name} {f.read().strip()}")
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    return found
+
+
 def snapshot() -> dict[str, set]:
     return {
         "namespaces": _namespaces(),
@@ -58,6 +76,8 @@ def snapshot() -> dict[str, set]:
         "links": _links(),
         "tracefs instances": _trace_instances(),
         "named netns": _netns(),
+        "overlay dirs": _overlay_dirs(),
+        "loop devices": _loop_devices(),
     }
 
 
