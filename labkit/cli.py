@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from . import caps, ipc, pid, user, uts
+from . import caps, ipc, mount, pid, rootfs, user, uts
 from .errors import LabkitError, NotRootError, UsageError
 from .spawn import Primitive, spawn
 
@@ -31,12 +31,16 @@ examples:
 
 # Namespace name (as --ns spells it) -> the primitive that makes it.
 NAMESPACES: dict[str, Callable[[argparse.Namespace], Primitive]] = {
-    "pid": lambda args: pid.PidNamespace(),
+    # With a mount namespace, mount.py mounts the fresh /proc inside the new root.
+    "pid": lambda args: pid.PidNamespace(mount_proc="mount" not in namespace_names(args.ns)),
     "uts": lambda args: uts.UtsNamespace(args.hostname),
     "ipc": lambda args: ipc.IpcNamespace(),
     "user": lambda args: user.UserNamespace(
         [user.parse_map(m, "--uid-map") for m in args.uid_map or ()],
         [user.parse_map(m, "--gid-map") for m in args.gid_map or ()]),
+    "mount": lambda args: mount.MountNamespace(
+        rootfs.check_rootfs(args.rootfs) if args.rootfs else rootfs.default_rootfs(),
+        [mount.parse_volume(v) for v in args.volume]),
 }
 DEFAULT_NAMESPACES = "pid,uts,ipc,mount,net,cgroup"   # DESIGN.md; those available are used
 
@@ -64,12 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the command to run and its arguments")
 
     sub.add_parser("cleanup", help="remove every kernel object labkit left behind")
+
+    rootfs_cmd = sub.add_parser("rootfs", help="build a root filesystem for containers")
+    rootfs_sub = rootfs_cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    rootfs_sub.required = True
+    build = rootfs_sub.add_parser("build", help="build the busybox rootfs (or import a tarball) into DIR")
+    build.add_argument("dir", nargs="?", default=rootfs.DEFAULT_ROOTFS, metavar="DIR",
+                       help=f"where to build it (default: {rootfs.DEFAULT_ROOTFS})")
+    build.add_argument("--from", dest="tarball", metavar="TARBALL",
+                       help="import this rootfs tarball (Alpine minirootfs, docker export) instead")
     return parser
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options that describe a container (shared by run and trace)."""
     parser.add_argument("--hostname", metavar="NAME", help="hostname in the UTS namespace")
+    parser.add_argument("--rootfs", metavar="DIR",
+                        help=f"root filesystem (default: the busybox rootfs in {rootfs.DEFAULT_ROOTFS}, "
+                             "built on first use); needs the mount namespace")
+    parser.add_argument("--volume", "-v", action="append", metavar="HOST:CTR[:ro]", default=[],
+                        help="bind-mount a host path into the container, read-only with :ro (repeatable)")
     parser.add_argument("--ns", metavar="LIST", default=None,
                         help=f"namespaces to create, comma-separated, of: {', '.join(NAMESPACES)} "
                              f"(default: those of {DEFAULT_NAMESPACES} available)")
@@ -103,6 +121,8 @@ def primitives_for(args: argparse.Namespace) -> list[Primitive]:
     names = namespace_names(args.ns)
     if args.hostname is not None and "uts" not in names:
         raise UsageError("--hostname needs a UTS namespace", "add uts to --ns")
+    if (args.rootfs or args.volume) and "mount" not in names:
+        raise UsageError("--rootfs and --volume need a mount namespace", "add mount to --ns")
     if (args.uid_map or args.gid_map) and not (args.userns or "user" in names):
         raise UsageError("--uid-map/--gid-map need a user namespace", "add --userns")
     if args.userns or "user" in names:
@@ -188,8 +208,20 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rootfs(args: argparse.Namespace) -> int:
+    """`labkit rootfs build [DIR] [--from TARBALL]`."""
+    if os.geteuid() != 0:
+        raise NotRootError()
+    if args.tarball:
+        path = rootfs.import_tarball(args.tarball, args.dir)
+    else:
+        path = rootfs.build(args.dir)
+    print(f"rootfs ready: {path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": cmd_run, "doctor": cmd_doctor, "cleanup": cmd_cleanup,
+    "run": cmd_run, "doctor": cmd_doctor, "cleanup": cmd_cleanup, "rootfs": cmd_rootfs,
 }
 
 
