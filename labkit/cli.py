@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from . import caps, ipc, mount, pid, rootfs, user, uts
+from . import caps, ipc, mount, net, pid, rootfs, user, uts
 from .errors import LabkitError, NotRootError, UsageError
 from .spawn import Primitive, spawn
 
@@ -38,9 +38,15 @@ NAMESPACES: dict[str, Callable[[argparse.Namespace], Primitive]] = {
     "user": lambda args: user.UserNamespace(
         [user.parse_map(m, "--uid-map") for m in args.uid_map or ()],
         [user.parse_map(m, "--gid-map") for m in args.gid_map or ()]),
+    "net": lambda args: NETWORKS[args.net](args),
     "mount": lambda args: mount.MountNamespace(
         rootfs.check_rootfs(args.rootfs) if args.rootfs else rootfs.default_rootfs(),
         [mount.parse_volume(v) for v in args.volume]),
+}
+# --net mode -> the network namespace primitive that makes it (net.py).
+NETWORKS: dict[str, Callable[[argparse.Namespace], Primitive]] = {
+    "none": lambda args: net.NetNamespace(),
+    "bridge": lambda args: net.BridgeNetwork(args.ip),
 }
 DEFAULT_NAMESPACES = "pid,uts,ipc,mount,net,cgroup"   # DESIGN.md; those available are used
 
@@ -91,6 +97,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ns", metavar="LIST", default=None,
                         help=f"namespaces to create, comma-separated, of: {', '.join(NAMESPACES)} "
                              f"(default: those of {DEFAULT_NAMESPACES} available)")
+    parser.add_argument("--net", choices=list(NETWORKS), default="none",
+                        help="none: own network namespace with lo only (default); "
+                             f"bridge: a veth on bridge {net.BRIDGE} ({net.BRIDGE_ADDRESS})")
+    parser.add_argument("--ip", metavar="ADDR/PREFIX",
+                        help=f"the container's address with --net bridge, in {net.LAB_NETWORK} "
+                             f"(default: the next free one from {net.FIRST_ADDRESS})")
     parser.add_argument("--userns", action="store_true",
                         help="add a user namespace: root inside is uid 100000 outside "
                              "(your own uid when you are not root); needed to run without root")
@@ -121,6 +133,10 @@ def primitives_for(args: argparse.Namespace) -> list[Primitive]:
     names = namespace_names(args.ns)
     if args.hostname is not None and "uts" not in names:
         raise UsageError("--hostname needs a UTS namespace", "add uts to --ns")
+    if args.ip is not None and args.net != "bridge":
+        raise UsageError("--ip needs --net bridge", "add --net bridge, or leave out --ip")
+    if args.net != "none" and "net" not in names:
+        raise UsageError(f"--net {args.net} needs a network namespace", "add net to --ns")
     if (args.rootfs or args.volume) and "mount" not in names:
         raise UsageError("--rootfs and --volume need a mount namespace", "add mount to --ns")
     if (args.uid_map or args.gid_map) and not (args.userns or "user" in names):

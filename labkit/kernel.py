@@ -239,3 +239,40 @@ def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
     """
     _check(_libc.syscall(ctypes.c_long(_SYS_FINIT_MODULE), ctypes.c_int(fd),
                          params.encode(), ctypes.c_int(flags)), "finit_module")
+
+
+# Network device ioctls, from <linux/sockios.h> and <net/if.h>; see netdevice(7).
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+AF_INET = 2
+SOCK_DGRAM = 2
+SOCK_CLOEXEC = 0o2000000
+
+
+class _IfReq(ctypes.Structure):
+    """struct ifreq: a 16-byte interface name, then a union (here its short ifr_flags)."""
+
+    _fields_ = [("ifr_name", ctypes.c_char * 16), ("ifr_flags", ctypes.c_short),
+                ("_pad", ctypes.c_char * 22)]
+
+
+def link_up(ifname: str) -> None:
+    """Bring the network device ``ifname`` of the caller's network namespace up.
+
+    netdevice(7): any socket serves as a handle for the SIOCGIFFLAGS/SIOCSIFFLAGS
+    ioctls, which act on the device of that name in the socket's network
+    namespace; setting flags needs CAP_NET_ADMIN in the user namespace that owns
+    it. No netlink is involved, so it is safe between fork(2) and execve(2).
+    """
+    sock = _check(_libc.socket(ctypes.c_int(AF_INET), ctypes.c_int(SOCK_DGRAM | SOCK_CLOEXEC),
+                               ctypes.c_int(0)), "socket")
+    try:
+        req = _IfReq(ifname.encode())
+        _check(_libc.ioctl(ctypes.c_int(sock), ctypes.c_ulong(SIOCGIFFLAGS), ctypes.byref(req)),
+               "ioctl(SIOCGIFFLAGS)", ifname)
+        req.ifr_flags |= IFF_UP
+        _check(_libc.ioctl(ctypes.c_int(sock), ctypes.c_ulong(SIOCSIFFLAGS), ctypes.byref(req)),
+               "ioctl(SIOCSIFFLAGS)", ifname)
+    finally:
+        os.close(sock)
