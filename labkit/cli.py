@@ -73,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                      help="the command to run and its arguments")
 
+    trace_cmd = sub.add_parser("trace", help="run a command and print what the kernel checked",
+                               usage="labkit trace [OPTIONS] [--json] [--all] [--] CMD [ARG...]")
+    add_run_options(trace_cmd)
+    trace_cmd.add_argument("--json", action="store_true",
+                           help="one JSON object a syscall (syscall, ret, namespace, checks, verdict)")
+    trace_cmd.add_argument("--all", action="store_true",
+                           help="also show labkit's own setup syscalls before the command's execve")
+    trace_cmd.add_argument("--buffer-kb", type=int, default=16384, metavar="KB",
+                           help="tracefs buffer per CPU (default 16384); lost events are reported")
+    trace_cmd.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
+                           help="the command to run and its arguments")
+
     sub.add_parser("cleanup", help="remove every kernel object labkit left behind")
 
     rootfs_cmd = sub.add_parser("rootfs", help="build a root filesystem for containers")
@@ -199,6 +211,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return exit_status(returncode or 0)
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    """`labkit trace`: run like `run`, then print the timeline on stderr (as strace does)."""
+    from . import trace
+
+    if os.geteuid() != 0:
+        raise NotRootError()
+    if args.buffer_kb < 1:
+        raise UsageError(f"--buffer-kb {args.buffer_kb} is not a size", "give kilobytes per CPU, e.g. 16384")
+    argv = command_of(args)
+    tracer = trace.Trace(buffer_kb=args.buffer_kb)
+    prims = primitives_for(args) + [tracer]     # last: joins after, releases before the others
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    with spawn(argv, prims, capture=False) as proc:
+        tracer.observe(proc.namespaces())
+        returncode = proc.wait()
+    records = tracer.records if args.all else tracer.command_records()
+    if args.json:
+        import json
+
+        for r in records:
+            print(json.dumps(r.as_dict(tracer)), file=sys.stderr)
+        print(json.dumps({"summary": trace.summary_line(tracer), "lost": tracer.lost}), file=sys.stderr)
+    else:
+        print(trace.format_timeline(tracer, records), file=sys.stderr)
+    return exit_status(returncode or 0)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from . import doctor
 
@@ -238,6 +278,7 @@ def cmd_rootfs(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "doctor": cmd_doctor, "cleanup": cmd_cleanup, "rootfs": cmd_rootfs,
+    "trace": cmd_trace,
 }
 
 

@@ -1,0 +1,542 @@
+"""What the kernel checked: tracing a container through tracefs.
+
+The kernel instruments itself. Its tracepoints fire on every syscall entry and
+exit (``raw_syscalls:sys_enter``/``sys_exit``), on every capability check
+(``capability:cap_capable``: which capability, in which user namespace,
+granted or not), on cgroup changes (``cgroup:*``), on an OOM kill
+(``oom:mark_victim``), on signals (``signal:signal_generate``/``deliver``) and
+on fork, exec and exit (``sched:sched_process_*``). tracefs (Documentation/
+trace/ftrace.rst, events.rst) exposes them as files:
+
+- ``mkdir /sys/kernel/tracing/instances/NAME`` makes a private ring buffer with
+  its own event switches, so this trace does not disturb anyone else's;
+- ``set_event_pid`` restricts events to the listed PIDs, and the option
+  ``event-fork`` adds each child they fork: written before the container's
+  first execve, the trace sees every process of the container from its start;
+- ``buffer_size_kb`` sizes the per-CPU buffer; ``per_cpu/cpuN/stats`` counts
+  the events that did not fit (``overrun``, ``dropped events``), so a loss is
+  reported, never silent.
+
+Where the ``capability:cap_capable`` tracepoint is missing (before Linux 6.3),
+a kprobe and a kretprobe on the kernel function ``cap_capable`` stand in,
+through ``kprobe_events`` (Documentation/trace/kprobetrace.rst); where neither
+exists, ``Trace.capability_source`` is None and the views say so.
+
+Use ``Trace`` as the last primitive of a launch, so that its ``join()`` runs
+after the others' (the container is in its cgroup), and its ``release()``,
+which reads the buffer, runs before theirs (the cgroup still exists).
+"""
+
+from __future__ import annotations
+
+import errno as errno_names
+import itertools
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+
+from . import kernel
+from .errors import LabkitError, NotRootError
+from .spawn import Primitive
+from .syscalls import syscall_name
+
+TRACEFS = "/sys/kernel/tracing"
+INSTANCES = f"{TRACEFS}/instances"
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+# The events a trace records, as tracefs names them: events/<system>/<event>.
+EVENTS = (
+    "raw_syscalls/sys_enter", "raw_syscalls/sys_exit",
+    "capability/cap_capable",
+    "cgroup",                                   # the whole system: cgroup:*
+    "oom/mark_victim",
+    "signal/signal_generate", "signal/signal_deliver",
+    "sched/sched_process_fork", "sched/sched_process_exec", "sched/sched_process_exit",
+)
+
+# Capability numbers, from include/uapi/linux/capability.h (capabilities(7)).
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+
+# A table lookup, not a kernel event: the namespace type whose resource each
+# syscall names, after the list of what each type isolates in namespaces(7).
+NAMESPACE_OF: dict[str, str] = {
+    **dict.fromkeys(("sethostname", "setdomainname", "uname"), "uts"),
+    **dict.fromkeys(("msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semctl",
+                     "semtimedop", "shmget", "shmat", "shmdt", "shmctl", "mq_open", "mq_unlink",
+                     "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr"), "ipc"),
+    **dict.fromkeys(("socket", "socketpair", "bind", "listen", "connect", "accept", "accept4",
+                     "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg",
+                     "getsockname", "getpeername", "setsockopt", "getsockopt", "shutdown"), "net"),
+    **dict.fromkeys(("getpid", "getppid", "gettid", "kill", "tkill", "tgkill", "clone", "clone3",
+                     "fork", "vfork", "wait4", "waitid", "getpgid", "setpgid", "getsid",
+                     "pidfd_open", "pidfd_send_signal", "rt_sigqueueinfo"), "pid"),
+    **dict.fromkeys(("open", "openat", "openat2", "creat", "stat", "lstat", "newfstatat", "statx",
+                     "access", "faccessat", "faccessat2", "readlink", "readlinkat", "execve",
+                     "execveat", "chdir", "chroot", "mkdir", "mkdirat", "rmdir", "unlink",
+                     "unlinkat", "rename", "renameat", "renameat2", "link", "linkat", "symlink",
+                     "symlinkat", "chmod", "fchmodat", "chown", "lchown", "fchownat", "truncate",
+                     "statfs", "mknod", "mknodat", "mount", "umount2", "pivot_root", "open_tree",
+                     "move_mount", "fsopen", "fsmount", "mount_setattr"), "mnt"),
+    **dict.fromkeys(("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid",
+                     "setfsuid", "setfsgid", "setgroups", "getuid", "geteuid", "getgid",
+                     "getegid", "getresuid", "getresgid", "capget", "capset", "setns",
+                     "unshare"), "user"),
+}
+
+# The cgroup controller whose limit a syscall can run into (cgroups(7)), and
+# the errno the controller answers with when the limit is reached.
+CONTROLLER_OF: dict[str, str] = {
+    **dict.fromkeys(("clone", "clone3", "fork", "vfork"), "pids"),
+    **dict.fromkeys(("mmap", "brk", "mremap"), "memory"),
+}
+CGROUP_ERRNO = {"pids": "EAGAIN", "memory": "ENOMEM"}
+
+# Each controller's limit, usage and event files: (v1 limit, v1 usage, v2 limit, v2 usage).
+CGROUP_FILES: dict[str, tuple[str, str, str, str]] = {
+    "pids": ("pids.max", "pids.current", "pids.max", "pids.current"),
+    "memory": ("memory.limit_in_bytes", "memory.max_usage_in_bytes", "memory.max", "memory.peak"),
+}
+NO_LIMIT_V1 = 0x7FFFFFFFFFFFF000            # memory.limit_in_bytes when unlimited (PAGE_COUNTER_MAX)
+
+# labkit's reading of a failure (a table, not a kernel event): an errno that,
+# from a syscall consulting a namespace, means the lookup there found nothing.
+NAMESPACE_ERRNOS = {"ENOENT", "EADDRINUSE", "EADDRNOTAVAIL", "ESRCH", "ENETUNREACH", "ECHILD"}
+
+# The seed's five steps, in the order the kernel takes them.
+STEPS = ("syscall", "namespace", "cgroup", "capability", "execute")
+
+_counter = itertools.count()
+_LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
+                   r"(?P<ts>\d+\.\d+): (?P<event>\w+): (?P<body>.*)$")
+_FIELD = re.compile(r"([\w-]+)[=: ]\s*([^\s,]+)")
+
+
+@dataclass
+class Event:
+    """One kernel event, as tracefs printed it."""
+
+    ts: float
+    pid: int
+    name: str                       # e.g. cap_capable, signal_generate, mark_victim
+    fields: dict[str, str]
+
+    def describe(self, trace: "Trace") -> str:
+        """One readable phrase for this event."""
+        f = self.fields
+        if self.name == "cap_capable":
+            cap = int(f.get("cap", -1))
+            capname = CAPABILITIES[cap] if 0 <= cap < len(CAPABILITIES) else f"cap {cap}"
+            verdict = "refused" if int(f.get("ret", 0)) else "granted"
+            return f"{capname} checked in the {trace.user_ns_of(f)}: {verdict}"
+        if self.name in ("signal_generate", "signal_deliver"):
+            return f"{self.name} sig={f.get('sig')}" + (f" to pid {f['pid']}" if "pid" in f else "")
+        if self.name == "mark_victim":
+            return f"OOM killer chose pid {f.get('pid')}"
+        return f"{self.name} " + " ".join(f"{k}={v}" for k, v in f.items())
+
+
+@dataclass
+class Record:
+    """One syscall of the container (or one kernel event outside any syscall)."""
+
+    pid: int
+    syscall: str
+    start: float
+    ret: int | None = None
+    end: float | None = None
+    args: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    namespace: str | None = None            # type, from the namespaces(7) table
+    ns_inode: int | None = None             # the container's real namespace of that type
+    ns_owner: str = ""                      # "container" (its own) or "host" (shared)
+    cgroup: dict[str, object] | None = None  # controller, limit, usage
+    verdict: str = ""
+    deciding: str = "execute"               # one of STEPS
+    phase: str = "labkit"                   # "labkit" setup, or "command" from its execve on
+
+    @property
+    def errno(self) -> str | None:
+        """The errno name of a failed call (ret is -errno), else None."""
+        if self.ret is None or self.ret >= 0 or self.ret < -4095:
+            return None
+        return errno_names.errorcode.get(-self.ret, str(-self.ret))
+
+    def result(self) -> str:
+        if self.ret is None:
+            return "(no return)"
+        if self.errno:
+            return f"-1 {self.errno}"
+        return hex(self.ret) if self.ret > 0xFFFFFF else str(self.ret)    # an address
+
+    def checks(self, trace: "Trace") -> list[str]:
+        return [e.describe(trace) for e in self.events]
+
+    def as_dict(self, trace: "Trace") -> dict[str, object]:
+        """The JSON form: at least syscall, ret, namespace, checks, verdict."""
+        return {
+            "t": round(self.start - trace.t0, 6), "pid": self.pid, "phase": self.phase,
+            "syscall": self.syscall, "ret": self.ret, "errno": self.errno,
+            "namespace": None if self.namespace is None else {
+                "type": self.namespace, "inode": self.ns_inode, "owner": self.ns_owner,
+                "source": "namespaces(7) table"},
+            "cgroup": self.cgroup, "checks": self.checks(trace),
+            "verdict": self.verdict, "deciding_step": self.deciding,
+        }
+
+
+def ensure_tracefs() -> None:
+    """Mount tracefs at /sys/kernel/tracing if it is not there, or say how.
+
+    The kernel exposes tracing only through tracefs; mounting it needs root
+    (CAP_SYS_ADMIN). It stays mounted: other tools expect it there.
+    """
+    if os.geteuid() != 0:
+        raise NotRootError()
+    if os.path.isdir(INSTANCES):
+        return
+    try:
+        kernel.mount("tracefs", TRACEFS, "tracefs")
+    except OSError as e:
+        raise LabkitError(f"tracefs is not mounted at {TRACEFS} and mounting it failed "
+                          f"({errno_names.errorcode.get(e.errno or 0, e.errno)})",
+                          f"mount it as root: mount -t tracefs tracefs {TRACEFS}") from None
+    if not os.path.isdir(INSTANCES):
+        raise LabkitError(f"this kernel's tracefs has no {INSTANCES}",
+                          "use a kernel built with CONFIG_FTRACE (see `labkit doctor`)")
+
+
+def _write(path: str, text: str) -> None:
+    """Write a tracefs control file (O_TRUNC: replace, as `echo X > file` does)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+class Trace(Primitive):
+    """A private tracefs instance that follows the container from before its execve."""
+
+    name = "trace"
+    flags = 0
+
+    def __init__(self, buffer_kb: int = 16384) -> None:
+        self.buffer_kb = buffer_kb
+        self.dir: str | None = None
+        self.kprobe_group: str | None = None
+        self.capability_source: str | None = None   # tracepoint, kprobe, or None
+        self.host_user_ns: str | None = None        # the cap_capable pointer of labkit's user ns
+        self.host_ns: dict[str, int] = {}
+        self.container_ns: dict[str, int] = {}
+        self.cgroup_dirs: dict[str, tuple[str, str]] = {}   # controller -> (version, dir)
+        self.cgroup_limits: dict[str, dict[str, object]] = {}
+        self.records: list[Record] = []
+        self.events_total = 0
+        self.lost = 0
+        self.t0 = 0.0
+        self._collected = False
+
+    # --- the four hooks ---------------------------------------------------
+
+    def prepare(self) -> None:
+        """Make the instance, size its buffer, switch the events on (tracing off)."""
+        ensure_tracefs()
+        self.dir = f"{INSTANCES}/labkit-{os.getpid()}-{next(_counter)}"
+        os.mkdir(self.dir)
+        _write(f"{self.dir}/tracing_on", "0")
+        _write(f"{self.dir}/buffer_size_kb", str(self.buffer_kb))
+        _write(f"{self.dir}/options/overwrite", "0")    # when full, drop new events (counted)
+        _write(f"{self.dir}/options/event-fork", "1")   # children join set_event_pid
+        self.capability_source = self._capability_events()
+        if self.capability_source:
+            self.host_user_ns = self._calibrate_user_ns()
+        for event in EVENTS:
+            if os.path.exists(f"{self.dir}/events/{event}/enable"):
+                _write(f"{self.dir}/events/{event}/enable", "1")
+        self.host_ns = {ns: kernel.ns_inode("self", ns) for ns in kernel.NAMESPACES}
+
+    def join(self, pid: int) -> None:
+        """Follow child A (already unshared, not yet exec'd), and what it forks."""
+        assert self.dir is not None
+        self.container_ns = {ns: kernel.ns_inode(pid, ns) for ns in kernel.NAMESPACES}
+        # A new PID namespace holds child A's children, not A, and has no inode
+        # to show before the first of them is born (pid_namespaces(7)): observe().
+        self.container_ns.pop("pid")
+        self.cgroup_dirs = _cgroup_dirs(pid)
+        self.cgroup_limits = {c: {"limit": self._cgroup_value(c, 0)} for c in CGROUP_FILES}
+        _write(f"{self.dir}/set_event_pid", str(pid))
+        _write(f"{self.dir}/tracing_on", "1")
+
+    def observe(self, namespaces: dict[str, int]) -> None:
+        """Record the running container's namespaces (``Process.namespaces()``)."""
+        self.container_ns.update(namespaces)
+
+    def release(self) -> None:
+        """Read the trace (once), then remove the instance and any kprobe; safe twice."""
+        try:
+            if self.dir is not None and not self._collected:
+                self.collect()
+        finally:
+            self._remove()
+
+    # --- reading ----------------------------------------------------------
+
+    def collect(self) -> list[Record]:
+        """Stop tracing, count lost events, and turn the buffer into records."""
+        assert self.dir is not None
+        _write(f"{self.dir}/tracing_on", "0")
+        self._collected = True
+        for cpu in os.listdir(f"{self.dir}/per_cpu"):
+            stats = _read(f"{self.dir}/per_cpu/{cpu}/stats")
+            for key in ("overrun", "dropped events"):
+                m = re.search(rf"^{key}: (\d+)", stats, re.M)
+                self.lost += int(m.group(1)) if m else 0
+        for c in self.cgroup_limits:
+            self.cgroup_limits[c]["usage"] = self._cgroup_value(c, 1)
+        with open(f"{self.dir}/trace") as f:
+            self.records = self._records(_parse(f))
+        return self.records
+
+    def _records(self, events: list[Event]) -> list[Record]:
+        """Pair sys_enter with sys_exit per task; put other events inside the call."""
+        self.events_total = len(events)
+        self.t0 = events[0].ts if events else 0.0
+        records: list[Record] = []
+        open_calls: dict[int, Record] = {}
+        since: dict[int, float] = {}            # PID -> when it began running the command
+        for e in events:
+            if e.name == "sys_enter":
+                nr = int(e.fields["NR"])
+                rec = Record(e.pid, syscall_name(nr), e.ts, args=e.fields.get("args", "").split(", "))
+                open_calls[e.pid] = rec
+                records.append(rec)
+            elif e.name == "sys_exit":
+                rec = open_calls.pop(e.pid, None)
+                if rec is None:                 # its sys_enter was lost
+                    rec = Record(e.pid, syscall_name(int(e.fields["NR"])), e.ts)
+                    records.append(rec)
+                rec.ret, rec.end = int(e.fields["ret"]), e.ts
+            elif e.name == "cap_capable_ret" and e.pid in open_calls:
+                caps = [x for x in open_calls[e.pid].events if x.name == "cap_capable"]
+                if caps:
+                    caps[-1].fields["ret"] = e.fields.get("ret", "0")
+            else:
+                if e.name == "sched_process_exec":
+                    since.setdefault(e.pid, open_calls[e.pid].start if e.pid in open_calls else e.ts)
+                if e.name == "sched_process_fork" and e.pid in since:
+                    since.setdefault(int(e.fields["child_pid"]), e.ts)
+                if e.pid in open_calls:
+                    open_calls[e.pid].events.append(e)
+                else:
+                    records.append(Record(e.pid, f"[{e.name}]", e.ts, events=[e]))
+        for rec in records:
+            if rec.pid in since and rec.start >= since[rec.pid]:
+                rec.phase = "command"
+        for rec in records:
+            self._annotate(rec)
+        return records
+
+    def _annotate(self, rec: Record) -> None:
+        """Namespace, cgroup, verdict and deciding step of one record."""
+        rec.namespace = NAMESPACE_OF.get(rec.syscall)
+        if rec.namespace:
+            rec.ns_inode = self.container_ns.get(rec.namespace)
+            rec.ns_owner = "host" if rec.ns_inode == self.host_ns.get(rec.namespace) else "container"
+        controller = CONTROLLER_OF.get(rec.syscall)
+        if any(e.name == "mark_victim" for e in rec.events):
+            controller = "memory"
+        if controller and controller in self.cgroup_dirs:
+            rec.cgroup = {"controller": controller, **self.cgroup_limits.get(controller, {})}
+        rec.verdict, rec.deciding = self._verdict(rec)
+
+    def _verdict(self, rec: Record) -> tuple[str, str]:
+        """(verdict, deciding step): from the result and the events inside the call."""
+        names = {e.name for e in rec.events}
+        if rec.syscall.startswith("["):
+            step = "cgroup" if "mark_victim" in names else "execute"
+            return "kernel event", step
+        if rec.ret is None:
+            if "sched_process_exit" in names:
+                return "exited", "execute"
+            return ("killed", "cgroup" if "mark_victim" in names else "execute")
+        err = rec.errno
+        if err is None:
+            return "allowed", "execute"
+        refused = [e for e in rec.events if e.name == "cap_capable" and int(e.fields.get("ret", 0))]
+        if refused and err in ("EPERM", "EACCES"):
+            return f"denied {err}", "capability"
+        if rec.cgroup and CGROUP_ERRNO.get(str(rec.cgroup["controller"])) == err \
+                and rec.cgroup.get("limit") is not None:
+            return f"denied {err}", "cgroup"
+        if rec.namespace and err in NAMESPACE_ERRNOS:
+            return f"failed {err}", "namespace"
+        return f"failed {err}", "execute"
+
+    def user_ns_of(self, fields: dict[str, str]) -> str:
+        """Name the user namespace a cap_capable event was checked in."""
+        ns = fields.get("capable_ns") or fields.get("target_ns")
+        if ns is None or self.host_user_ns is None:
+            return "user namespace (unknown)"
+        if ns == self.host_user_ns:
+            return "host's user namespace"
+        if self.container_ns.get("user") != self.host_ns.get("user"):
+            return f"container's user namespace {self.container_ns.get('user')}"
+        return "another user namespace"
+
+    def command_records(self) -> list[Record]:
+        """The records from the container command's execve on (labkit's setup left out)."""
+        return [r for r in self.records if r.phase == "command"]
+
+    # --- helpers ----------------------------------------------------------
+
+    def _capability_events(self) -> str | None:
+        """Where capability checks come from on this kernel: tracepoint, kprobe, or None."""
+        assert self.dir is not None
+        if os.path.exists(f"{self.dir}/events/capability/cap_capable"):
+            return "tracepoint capability:cap_capable"
+        if not os.path.exists(f"{TRACEFS}/kprobe_events"):
+            return None
+        # int cap_capable(const struct cred *cred, struct user_namespace *targ_ns, int cap, ...)
+        self.kprobe_group = f"labkit_{os.getpid()}_{next(_counter)}"
+        with open(f"{TRACEFS}/kprobe_events", "a") as f:
+            f.write(f"p:{self.kprobe_group}/cap_capable cap_capable target_ns=$arg2 cap=$arg3:s32\n")
+            f.write(f"r:{self.kprobe_group}/cap_capable_ret cap_capable ret=$retval:s32\n")
+        _write(f"{self.dir}/events/{self.kprobe_group}/enable", "1")
+        return "kprobe on cap_capable"
+
+    def _calibrate_user_ns(self) -> str | None:
+        """The pointer cap_capable prints for labkit's own (the host's) user namespace.
+
+        Joining the UTS namespace we are already in changes nothing, but
+        setns(2) checks CAP_SYS_ADMIN in our user namespace: one known event.
+        """
+        assert self.dir is not None
+        events = ("capability/cap_capable" if self.kprobe_group is None
+                  else self.kprobe_group)
+        _write(f"{self.dir}/set_event_pid", str(threading.get_native_id()))
+        _write(f"{self.dir}/events/{events}/enable", "1")
+        _write(f"{self.dir}/tracing_on", "1")
+        fd = os.open("/proc/self/ns/uts", os.O_RDONLY)
+        try:
+            kernel.setns(fd, kernel.CLONE_NEWUTS)
+        finally:
+            os.close(fd)
+            _write(f"{self.dir}/tracing_on", "0")
+        with open(f"{self.dir}/trace") as f:
+            caps = [e for e in _parse(f) if e.name == "cap_capable"]
+        _write(f"{self.dir}/trace", "")             # empty the buffer
+        _write(f"{self.dir}/set_event_pid", "")
+        return (caps[-1].fields.get("capable_ns") or caps[-1].fields.get("target_ns")) if caps else None
+
+    def _cgroup_value(self, controller: str, column: int) -> int | None:
+        """The limit (column 0) or usage (1) of the container's cgroup; None = no limit."""
+        if controller not in self.cgroup_dirs:
+            return None
+        version, directory = self.cgroup_dirs[controller]
+        name = CGROUP_FILES[controller][column + (2 if version == "v2" else 0)]
+        try:
+            text = _read(os.path.join(directory, name)).strip()
+        except OSError:
+            return None
+        if text == "max" or (column == 0 and text.isdigit() and int(text) >= NO_LIMIT_V1):
+            return None
+        return int(text) if text.isdigit() else None
+
+    def _remove(self) -> None:
+        if self.dir is not None:
+            try:
+                os.rmdir(self.dir)
+            except FileNotFoundError:
+                pass
+            self.dir = None
+        if self.kprobe_group is not None:
+            with open(f"{TRACEFS}/kprobe_events", "a") as f:
+                f.write(f"-:{self.kprobe_group}/cap_capable\n-:{self.kprobe_group}/cap_capable_ret\n")
+            self.kprobe_group = None
+
+
+def _parse(lines) -> list[Event]:
+    """Events from tracefs's text format ('comm-PID [CPU] flags TS: event: fields')."""
+    events = []
+    for line in lines:
+        m = _LINE.match(line)
+        if m is None:
+            continue                            # comment header lines start with '#'
+        name, body = m.group("event"), m.group("body")
+        if name == "sys_enter":                 # "NR 1 (a0, a1, ...)"
+            nr, _, args = body.partition(" (")
+            fields = {"NR": nr.split()[1], "args": args.rstrip(")")}
+        elif name == "sys_exit":                # "NR 1 = -2"
+            parts = body.split()
+            fields = {"NR": parts[1], "ret": parts[3]}
+        else:
+            fields = dict(_FIELD.findall(body))
+        events.append(Event(float(m.group("ts")), int(m.group("pid")), name, fields))
+    return events
+
+
+def _cgroup_dirs(pid: int) -> dict[str, tuple[str, str]]:
+    """controller -> (v1|v2, directory) of ``pid``'s cgroup, from /proc/PID/cgroup
+    and the mount points in /proc/mounts (cgroups(7))."""
+    mounts: dict[str, str] = {}
+    with open("/proc/mounts") as f:
+        for line in f:
+            _, point, fstype, options, *_ = line.split()
+            if fstype == "cgroup":
+                for opt in options.split(","):
+                    mounts[opt] = point
+            elif fstype == "cgroup2":
+                mounts["cgroup2"] = point
+    found: dict[str, tuple[str, str]] = {}
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for c in controllers.split(","):
+                if c in mounts:
+                    found[c] = ("v1", mounts[c] + path)
+            if controllers == "" and "cgroup2" in mounts:
+                for c in CGROUP_FILES:
+                    found.setdefault(c, ("v2", mounts["cgroup2"] + path))
+    return {c: d for c, d in found.items() if c in CGROUP_FILES}
+
+
+def format_timeline(trace: Trace, records: list[Record] | None = None) -> str:
+    """One line per syscall: time, pid, call, result, verdict, and what the kernel checked."""
+    rows = trace.command_records() if records is None else records
+    lines = [f"{'time':>9}  {'pid':>7}  {'syscall':<18} {'result':<14} {'verdict':<16} what the kernel checked"]
+    for r in rows:
+        checked = []
+        if r.namespace:
+            checked.append(f"{r.namespace} ns ({r.ns_owner}'s)")
+        if r.cgroup:
+            checked.append(f"{r.cgroup['controller']} cgroup limit {r.cgroup.get('limit') or 'none'}")
+        checks = r.checks(trace)
+        checked += [c if checks.count(c) == 1 else f"{c} (x{checks.count(c)})"
+                    for c in dict.fromkeys(checks)]
+        mark = "" if r.deciding == "execute" else f" <- {r.deciding}"
+        lines.append(f"{(r.start - trace.t0) * 1000:8.3f}ms  {r.pid:>7}  {r.syscall:<18} "
+                     f"{r.result():<14} {r.verdict + mark:<16} {'; '.join(checked)}")
+    lines.append(summary_line(trace))
+    return "\n".join(lines)
+
+
+def summary_line(trace: Trace) -> str:
+    cap = trace.capability_source or "capability checks not traceable on this kernel (no tracepoint, no kprobes)"
+    return (f"{len(trace.records)} records from {trace.events_total} kernel events; "
+            f"lost events: {trace.lost}; capability checks from: {cap}")
