@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from . import caps, ipc, mount, net, pid, rootfs, user, uts
+from . import bandwidth, caps, cgroups, ipc, mount, net, pid, restart, rootfs, user, uts
 from .errors import LabkitError, NotRootError, UsageError
 from .spawn import Primitive, spawn
 
@@ -126,6 +126,19 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="keep this capability too (repeatable; ALL for every one)")
     parser.add_argument("--cap-drop", action="append", metavar="CAP", default=[],
                         help="drop this capability of Docker's default 14 (repeatable; ALL for every one)")
+    limits = parser.add_argument_group("limits (cgroups under labkit/, and tc on the veth)")
+    limits.add_argument("--cpus", metavar="N", help="CPU time, in CPUs: 0.5 is half of one core (cpu controller)")
+    limits.add_argument("--memory", "-m", metavar="SIZE",
+                        help="memory limit, e.g. 32M; past it the kernel's OOM killer acts (exit 137)")
+    limits.add_argument("--pids", metavar="N", help="most tasks at once, e.g. 32; then fork() fails with EAGAIN")
+    limits.add_argument("--io-read-bps", metavar="[DEV:]RATE",
+                        help="disk read rate, e.g. 2MB/s, on DEV (default: the disk holding /)")
+    limits.add_argument("--io-write-bps", metavar="[DEV:]RATE",
+                        help="disk write rate, e.g. /dev/loop0:2MB/s (direct I/O is what it throttles on v1)")
+    limits.add_argument("--bandwidth", metavar="RATE",
+                        help="network rate both ways, e.g. 1mbit: tc tbf on the veth (needs --net bridge)")
+    limits.add_argument("--restart", metavar="no|on-failure[:N]", default="no",
+                        help="start the command again when it exits non-zero, at most N times")
 
 
 def namespace_names(spec: str | None) -> list[str]:
@@ -138,6 +151,21 @@ def namespace_names(spec: str | None) -> list[str]:
             raise UsageError(f"unknown namespace {n!r} in --ns",
                              f"choose from {', '.join(NAMESPACES)}")
     return list(dict.fromkeys(names))
+
+
+def limits_for(args: argparse.Namespace) -> list[Primitive]:
+    """The cgroup of --cpus --memory --pids --io-*-bps (none when no limit is asked)."""
+    values = {"cpu": args.cpus, "memory": args.memory, "pids": args.pids}
+    devices = set()
+    for dest in ("io_read_bps", "io_write_bps"):
+        if getattr(args, dest) is not None:
+            device, values[dest] = cgroups.split_device(getattr(args, dest))
+            devices.add(device)
+    if len(devices) > 1:
+        raise UsageError("--io-read-bps and --io-write-bps name different devices", "limit one device per run")
+    if all(v is None for v in values.values()):
+        return []
+    return [cgroups.Cgroup(f"run-{os.getpid()}", io_device=devices.pop() if devices else None, **values)]
 
 
 def primitives_for(args: argparse.Namespace) -> list[Primitive]:
@@ -155,8 +183,14 @@ def primitives_for(args: argparse.Namespace) -> list[Primitive]:
         raise UsageError("--uid-map/--gid-map need a user namespace", "add --userns")
     if args.userns or "user" in names:
         names = ["user"] + [n for n in names if n != "user"]   # the user namespace owns the others
+    if args.bandwidth is not None and args.net != "bridge":
+        raise UsageError("--bandwidth needs --net bridge", "add --net bridge: the rate is set on its veth")
+    prims = limits_for(args) + [NAMESPACES[n](args) for n in names]
+    if args.bandwidth is not None:                      # after the network: join() needs its veth
+        link = next(p for p in prims if isinstance(p, net.BridgeNetwork))
+        prims.append(bandwidth.Bandwidth(args.bandwidth, link))
     # Capabilities last: every other enter() still needs its capabilities (caps.py).
-    return [NAMESPACES[n](args) for n in names] + [caps.Capabilities(caps.resolve(args.cap_add, args.cap_drop))]
+    return prims + [caps.Capabilities(caps.resolve(args.cap_add, args.cap_drop))]
 
 
 def command_of(args: argparse.Namespace) -> list[str]:
@@ -203,12 +237,28 @@ def check_rootless(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     check_rootless(args)
     argv = command_of(args)
-    prims = primitives_for(args)
+    policy = restart.parse_restart(args.restart)
+    primitives_for(args)                                # check every option before the first start
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    with spawn(argv, prims, capture=False) as proc:
-        returncode = proc.wait()
-    return exit_status(returncode or 0)
+    restarts = 0
+    while True:
+        prims = primitives_for(args)                    # fresh primitives (a fresh cgroup) each start
+        with spawn(argv, prims, capture=False) as proc:
+            status = exit_status(proc.wait() or 0)
+            report_oom(prims)                           # before release() removes the cgroup
+        if not policy.should_restart(status, restarts):
+            return status
+        restarts += 1
+        print(f"labkit: exit status {status}; {policy.describe(restarts)}", file=sys.stderr)
+
+
+def report_oom(prims: list[Primitive]) -> None:
+    """Say so on stderr when the kernel's OOM killer acted in the container's cgroup."""
+    for p in prims:
+        if isinstance(p, cgroups.Cgroup) and p.events().get("oom_kill"):
+            print(f"labkit: the kernel's OOM killer killed the command at the memory limit "
+                  f"(oom_kill {p.events()['oom_kill']} in cgroup labkit/{p.group})", file=sys.stderr)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:

@@ -294,3 +294,13 @@ class Cgroup(Primitive):
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def split_device(text: str) -> tuple[str | None, str]:
+    """``/dev/loop0:2MB/s`` -> ("/dev/loop0", "2MB/s"); ``2MB/s`` -> (None, "2MB/s")."""
+    if text.startswith("/") and ":" in text:
+        device, rate = text.split(":", 1)
+        if not os.path.exists(device):
+            raise UsageError(f"no device {device}", "name an existing block device, e.g. /dev/loop0")
+        return device, rate
+    return None, text
