@@ -3,7 +3,7 @@
 Everything labkit creates carries its name (DESIGN.md): mounts under
 /run/labkit, network namespaces ``labkit-*`` bound under /run/netns, links
 ``lk*`` and ``labkit0``, cgroups under a ``labkit/`` parent in each hierarchy,
-tracefs instances ``labkit-*``. After a crash, a ``kill -9`` or a notebook
+tracefs instances ``labkit-*``, loop devices backed by /var/lib/labkit/loop/labkit-*. After a crash, a ``kill -9`` or a notebook
 kernel restart, this removes them; each function returns what it removed.
 """
 
@@ -129,7 +129,15 @@ def remove_links() -> list[str]:
     return removed
 
 
-STEPS = (remove_cgroups, remove_trace_instances, remove_mounts, remove_netns, remove_links)
+def remove_loop_devices() -> list[str]:
+    """Detach loop devices whose backing file is labkit's (loopdev.py), delete the files."""
+    from .loopdev import remove_leftovers
+
+    return remove_leftovers()
+
+
+STEPS = (remove_cgroups, remove_trace_instances, remove_mounts, remove_loop_devices, remove_netns,
+         remove_links)
 
 
 def cleanup() -> list[str]:

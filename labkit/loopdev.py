@@ -60,8 +60,13 @@ class LoopDevice:
     def attach(self) -> str:
         """Make the sparse backing file and attach it to a free loop device."""
         os.makedirs(BACKING_DIR, exist_ok=True)
-        with open(self.file, "xb") as f:
-            f.truncate(self.size)
+        try:
+            with open(self.file, "xb") as f:
+                f.truncate(self.size)
+        except FileExistsError:
+            raise LabkitError(f"loop backing file {self.file} exists already",
+                              "another lab uses that name; choose another, or `labkit cleanup` "
+                              "removes leftovers") from None
         try:
             backing = os.open(self.file, os.O_RDWR | os.O_CLOEXEC)
             try:
@@ -129,3 +134,23 @@ def labkit_loop_devices() -> list[str]:
         if name.startswith("loop") and backing_file(name).startswith(BACKING_DIR + "/"):
             found.append(f"/dev/{name}")
     return found
+
+
+def remove_leftovers() -> list[str]:
+    """Detach every labkit loop device and delete labkit's backing files (for `labkit cleanup`)."""
+    removed = []
+    for device in labkit_loop_devices():
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, LOOP_CLR_FD)
+            removed.append(f"loop device {device}")
+        except OSError:
+            pass                                  # cleared meanwhile
+        finally:
+            os.close(fd)
+    if os.path.isdir(BACKING_DIR):
+        for name in sorted(os.listdir(BACKING_DIR)):
+            if name.startswith("labkit-"):
+                os.unlink(os.path.join(BACKING_DIR, name))
+                removed.append(f"file {os.path.join(BACKING_DIR, name)}")
+    return removed
