@@ -56,6 +56,7 @@ class ProcessEntry(NamedTuple):
     container_pid: int
     host_ppid: int
     command: str
+    state: str          # R running, S sleeping, Z zombie (exited, not yet reaped) ... proc(5)
 
 
 def processes_in(pid_ns_inode: int) -> list[ProcessEntry]:
@@ -75,6 +76,6 @@ def processes_in(pid_ns_inode: int) -> list[ProcessEntry]:
         except PermissionError:
             continue                            # not ours to inspect (ptrace access mode)
         command = stat[stat.index("(") + 1:stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        entries.append(ProcessEntry(int(name), ids[-1], ppid, command))
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        entries.append(ProcessEntry(int(name), ids[-1], int(ppid), command, state))
     return sorted(entries, key=lambda e: e.container_pid)

@@ -157,16 +157,20 @@ class Process:
         self._released = True
         _release(self.primitives)
 
-    def __enter__(self) -> "Process":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Kill the container if it still runs, reap it, release every primitive."""
         try:
             if self.returncode is None:
                 self.kill()
                 self.wait()
         finally:
             self.release()
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def spawn(argv: Sequence[str], primitives: Iterable[Primitive] = (), *,

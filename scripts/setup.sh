@@ -41,7 +41,8 @@ want=$(cat "$repo/requirements.txt" "$repo/pyproject.toml" | sha256sum | cut -d'
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: installing the Python packages (requirements.txt, labkit)"
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements.txt"
-    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$repo"
+    # compat mode: a plain path in a .pth file, no import hook (keeps `labkit run` fast)
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$repo" --config-settings editable_mode=compat
     echo "$want" > "$stamp"
 fi
 echo "setup: ready ($venv)"

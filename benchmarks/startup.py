@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""How long does a container take, start to exit? Measured, not claimed.
+
+Runs /bin/true in new pid, uts, ipc and mount namespaces (with its own /proc),
+N times each way, interleaved so machine noise hits every way alike, and prints
+the medians side by side with the reference measured in the same run:
+
+  unshare(1)     unshare -fpmui --mount-proc /bin/true (util-linux, C)
+  labkit API     labkit.spawn.run(...) from this warm Python process
+  labkit run     the `labkit run -- /bin/true` command (a fresh Python each time)
+  runc           runc run on an equivalent bundle (pid, ipc, uts, mount), if installed
+
+Targets (issue 2): API within 2x of unshare(1); `labkit run` under 60 ms.
+Usage: sudo .venv/bin/python benchmarks/startup.py [-n RUNS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+from labkit import ipc, pid, spawn, uts
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def run_checked(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+
+def labkit_api() -> None:
+    result = spawn.run(["/bin/true"], [pid.PidNamespace(), uts.UtsNamespace(), ipc.IpcNamespace()])
+    assert result.returncode == 0
+
+
+def runc_bundle(tmp: str) -> list[str] | None:
+    """A minimal OCI bundle (static busybox as /bin/true) for `runc run`, or None."""
+    runc, busybox = shutil.which("runc"), shutil.which("busybox")
+    if not runc or not busybox:
+        return None
+    rootfs = os.path.join(tmp, "rootfs")
+    os.makedirs(os.path.join(rootfs, "bin"))
+    for d in ("proc", "dev", "sys"):
+        os.makedirs(os.path.join(rootfs, d))
+    shutil.copy(busybox, os.path.join(rootfs, "bin", "busybox"))
+    os.symlink("busybox", os.path.join(rootfs, "bin", "true"))
+    subprocess.run([runc, "spec"], cwd=tmp, check=True)
+    with open(os.path.join(tmp, "config.json")) as f:
+        config = json.load(f)
+    config["process"]["args"] = ["/bin/true"]
+    config["process"]["terminal"] = False
+    config["linux"]["namespaces"] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(config, f)
+    return [runc, "--root", os.path.join(tmp, "state"), "run", "--bundle", tmp]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--runs", type=int, default=50, help="runs of each way (default 50)")
+    runs = parser.parse_args().runs
+    if os.geteuid() != 0:
+        print("startup.py: needs root (namespaces): run it with sudo", file=sys.stderr)
+        return 1
+
+    labkit_cmd = os.path.join(os.path.dirname(sys.executable), "labkit")
+    ways: dict[str, Callable[[], object]] = {
+        "unshare(1)": lambda: run_checked(["unshare", "-fpmui", "--mount-proc", "/bin/true"]),
+        "labkit API": labkit_api,
+        "labkit run": lambda: run_checked([labkit_cmd, "run", "--", "/bin/true"]),
+    }
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
+        runc = runc_bundle(tmp)
+        if runc:
+            counter = iter(range(10**6))
+            ways["runc"] = lambda: run_checked(runc + [f"labkit-bench-{os.getpid()}-{next(counter)}"])
+        samples: dict[str, list[float]] = {name: [] for name in ways}
+        for fn in ways.values():
+            fn()                                    # warm caches once
+        for _ in range(runs):
+            for name, fn in ways.items():
+                samples[name].append(timed(fn))
+
+    ref = statistics.median(samples["unshare(1)"])
+    print(f"container start-to-exit of /bin/true, pid+uts+ipc+mount namespaces, {runs} runs each, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'way':<12} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8} {'x unshare(1)':>13}")
+    for name, values in samples.items():
+        q = statistics.quantiles(values, n=10)
+        med = statistics.median(values)
+        print(f"{name:<12} {med:>10.2f} {q[0]:>8.2f} {q[-1]:>8.2f} {med / ref:>13.2f}")
+    api = statistics.median(samples["labkit API"])
+    cli = statistics.median(samples["labkit run"])
+    print(f"target: labkit API within 2x of unshare(1): {api / ref:.2f}x -> "
+          f"{'met' if api / ref <= 2 else 'NOT met'}")
+    print(f"target: labkit run under 60 ms: {cli:.1f} ms -> {'met' if cli < 60 else 'NOT met'}")
+    if "runc" in samples:
+        print(f"labkit run vs runc: {cli / statistics.median(samples['runc']):.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

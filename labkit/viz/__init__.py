@@ -1,0 +1,1 @@
+"""Views for the notebooks (matplotlib, ipywidgets): one module per view."""
