@@ -275,7 +275,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     with spawn(argv, prims, capture=False) as proc:
-        tracer.observe(proc.namespaces())
+        tracer.observe(proc.pid)
         returncode = proc.wait()
     records = tracer.records if args.all else tracer.command_records()
     if args.json:

@@ -138,7 +138,7 @@ class Event:
             cap = int(f.get("cap", -1))
             capname = CAPABILITIES[cap] if 0 <= cap < len(CAPABILITIES) else f"cap {cap}"
             verdict = "refused" if int(f.get("ret", 0)) else "granted"
-            return f"{capname} checked in the {trace.user_ns_of(f)}: {verdict}"
+            return f"{capname} checked in {trace.user_ns_of(f)}: {verdict}"
         if self.name in ("signal_generate", "signal_deliver"):
             return f"{self.name} sig={f.get('sig')}" + (f" to pid {f['pid']}" if "pid" in f else "")
         if self.name == "mark_victim":
@@ -283,9 +283,16 @@ class Trace(Primitive):
         _write(f"{self.dir}/set_event_pid", str(pid))
         _write(f"{self.dir}/tracing_on", "1")
 
-    def observe(self, namespaces: dict[str, int]) -> None:
-        """Record the running container's namespaces (``Process.namespaces()``)."""
-        self.container_ns.update(namespaces)
+    def observe(self, pid: int) -> None:
+        """Read the PID namespace of the running container's ``pid`` (``Process.pid``).
+
+        A command that already exited has no namespaces left to read: the PID
+        namespace's inode then stays unknown (the trace itself is complete).
+        """
+        try:
+            self.container_ns["pid"] = kernel.ns_inode(pid, "pid")
+        except (FileNotFoundError, ProcessLookupError):
+            pass
 
     def release(self) -> None:
         """Read the trace (once), then remove the instance and any kprobe; safe twice."""
@@ -389,14 +396,15 @@ class Trace(Primitive):
         return f"failed {err}", "execute"
 
     def user_ns_of(self, fields: dict[str, str]) -> str:
-        """Name the user namespace a cap_capable event was checked in."""
-        ns = fields.get("capable_ns") or fields.get("target_ns")
+        """Name the user namespace a cap_capable event checked against (target_ns:
+        the namespace owning the object; capable_ns is where the walk stopped)."""
+        ns = fields.get("target_ns")
         if ns is None or self.host_user_ns is None:
-            return "user namespace (unknown)"
+            return "an unknown user namespace"
         if ns == self.host_user_ns:
-            return "host's user namespace"
+            return "the host's user namespace"
         if self.container_ns.get("user") != self.host_ns.get("user"):
-            return f"container's user namespace {self.container_ns.get('user')}"
+            return "the container's user namespace"
         return "another user namespace"
 
     def command_records(self) -> list[Record]:
@@ -442,7 +450,7 @@ class Trace(Primitive):
             caps = [e for e in _parse(f) if e.name == "cap_capable"]
         _write(f"{self.dir}/trace", "")             # empty the buffer
         _write(f"{self.dir}/set_event_pid", "")
-        return (caps[-1].fields.get("capable_ns") or caps[-1].fields.get("target_ns")) if caps else None
+        return caps[-1].fields.get("target_ns") if caps else None
 
     def _cgroup_value(self, controller: str, column: int) -> int | None:
         """The limit (column 0) or usage (1) of the container's cgroup; None = no limit."""

@@ -1,0 +1,182 @@
+"""labkit.trace on the real kernel: what tracefs recorded, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import labkit_cli
+from labkit import caps, ipc, pid, trace, uts
+from labkit.cgroups import Cgroup
+from labkit.errors import CommandNotFoundError
+from labkit.spawn import spawn
+from labkit.syscalls import syscall_name, syscall_number
+
+
+def traced(argv: list[str], *prims, buffer_kb: int = 16384) -> tuple[trace.Trace, int]:
+    tr = trace.Trace(buffer_kb=buffer_kb)
+    with spawn(argv, [*prims, tr]) as proc:
+        tr.observe(proc.pid)
+        code = proc.wait()
+    return tr, code
+
+
+def calls(tr: trace.Trace, name: str) -> list[trace.Record]:
+    return [r for r in tr.command_records() if r.syscall == name]
+
+
+# --- tables and parsing (no kernel) -------------------------------------------
+
+def test_syscall_tables_follow_the_kernels_numbering():
+    assert syscall_name(170, "x86_64") == "sethostname"
+    assert syscall_name(161, "aarch64") == "sethostname"
+    assert syscall_name(59, "x86_64") == "execve" and syscall_name(221, "aarch64") == "execve"
+    assert syscall_name(435, "x86_64") == syscall_name(435, "aarch64") == "clone3"
+    assert syscall_name(9999, "x86_64") == "syscall_9999"
+    assert syscall_number("openat", "aarch64") == 56
+
+
+def test_parse_reads_tracefs_text_lines():
+    lines = [
+        "# tracer: nop\n",
+        "        hostname-4242    [001] .....   100.000100: sys_enter: NR 170 (5581, 3, 0, 0, 0, 0)\n",
+        "        hostname-4242    [001] .....   100.000101: cap_capable: cred 0000000012, "
+        "target_ns 00000000ab, capable_ns 00000000ab, cap 21, ret -1\n",
+        "        hostname-4242    [001] .....   100.000102: sys_exit: NR 170 = -1\n",
+    ]
+    events = trace._parse(lines)
+    assert [e.name for e in events] == ["sys_enter", "cap_capable", "sys_exit"]
+    assert events[0].fields["NR"] == "170" and events[2].fields["ret"] == "-1"
+    assert events[1].fields["cap"] == "21" and events[1].fields["target_ns"] == "00000000ab"
+
+
+# --- real traces --------------------------------------------------------------
+
+def test_sethostname_in_a_uts_namespace_is_allowed_after_a_cap_sys_admin_check(no_leaks):
+    tr, code = traced(["hostname", "traced"], pid.PidNamespace(), uts.UtsNamespace())
+    assert code == 0
+    [rec] = calls(tr, "sethostname")
+    assert rec.ret == 0 and rec.verdict == "allowed" and rec.deciding == "execute"
+    assert rec.namespace == "uts" and rec.ns_owner == "container"
+    assert rec.ns_inode == tr.container_ns["uts"] != tr.host_ns["uts"]
+    assert "CAP_SYS_ADMIN checked in the host's user namespace: granted" in rec.checks(tr)
+    assert tr.lost == 0
+
+
+def test_sethostname_without_cap_sys_admin_is_denied_at_the_capability_step(no_leaks):
+    tr, code = traced(["hostname", "traced"], pid.PidNamespace(), uts.UtsNamespace(),
+                      caps.Capabilities())           # docker's default set: no CAP_SYS_ADMIN
+    assert code != 0
+    [rec] = calls(tr, "sethostname")
+    assert rec.errno == "EPERM" and rec.deciding == "capability"
+    assert "CAP_SYS_ADMIN checked in the host's user namespace: refused" in rec.checks(tr)
+
+
+def test_opening_a_missing_path_fails_at_the_namespace_step(no_leaks):
+    tr, code = traced(["cat", "/no/such/labkit/file"], pid.PidNamespace())
+    assert code == 1
+    rec = [r for r in calls(tr, "openat") if r.errno == "ENOENT"][-1]
+    assert rec.namespace == "mnt" and rec.deciding == "namespace"
+
+
+def test_fork_over_the_pids_limit_is_denied_at_the_cgroup_step(no_leaks):
+    group = Cgroup(f"trace-test-{os.getpid()}", pids=3)
+    shell = "for i in 1 2 3 4 5; do sleep 1 & done; wait"
+    tr, _ = traced(["/bin/sh", "-c", shell], pid.PidNamespace(), group)
+    denied = [r for r in tr.command_records() if r.syscall in ("clone", "clone3", "fork")
+              and r.errno == "EAGAIN"]
+    assert denied, "no fork failed with EAGAIN under pids.max=3"
+    assert denied[0].deciding == "cgroup" and denied[0].cgroup["limit"] == 3
+
+
+def test_the_trace_starts_before_the_first_execve_even_for_a_command_that_exits_at_once(no_leaks):
+    tr, code = traced(["true"], pid.PidNamespace())
+    assert code == 0
+    first = tr.command_records()[0]
+    assert first.syscall == "execve" and first.ret == 0
+    assert any(e.name == "sched_process_exec" for e in first.events)
+    assert tr.command_records()[-1].syscall == "exit_group"
+
+
+def test_a_full_buffer_is_counted_as_lost_events_not_hidden(no_leaks):
+    # dd with 1-byte blocks makes two syscalls a block: 40k events cannot fit in 4 KB a CPU.
+    tr, code = traced(["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=20000"],
+                      pid.PidNamespace(), buffer_kb=4)
+    assert code == 0
+    assert tr.lost > 0
+    assert f"lost events: {tr.lost}" in trace.summary_line(tr)
+
+
+def test_a_large_enough_buffer_loses_nothing_at_100k_syscalls(no_leaks):
+    tr, code = traced(["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=50000"],
+                      pid.PidNamespace())
+    assert code == 0 and tr.lost == 0
+    assert len(calls(tr, "read")) >= 50000 and len(calls(tr, "write")) >= 50000
+
+
+def test_the_instance_is_removed_when_the_command_is_not_found(no_leaks):
+    tr = trace.Trace()
+    with pytest.raises(CommandNotFoundError):
+        spawn(["/no/such/command"], [pid.PidNamespace(), tr])
+    assert tr.dir is None
+    tr.release()                                    # safe twice
+    assert not [n for n in os.listdir(trace.INSTANCES) if n.startswith(f"labkit-{os.getpid()}-")]
+
+
+def test_ipc_calls_name_the_containers_ipc_namespace(no_leaks):
+    tr, _ = traced(["ipcmk", "-Q"], ipc.IpcNamespace())
+    [rec] = calls(tr, "msgget")
+    assert rec.ret is not None and rec.ret >= 0
+    assert rec.namespace == "ipc" and rec.ns_inode == tr.container_ns["ipc"] != tr.host_ns["ipc"]
+
+
+# --- the CLI ------------------------------------------------------------------
+
+def test_cli_trace_json_has_one_object_a_syscall(no_leaks):
+    result = labkit_cli("trace", "--ns", "pid,uts", "--cap-add", "SYS_ADMIN", "--json", "--",
+                        "hostname", "box")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stderr.splitlines()]
+    records, summary = rows[:-1], rows[-1]
+    for key in ("syscall", "ret", "namespace", "checks", "verdict"):
+        assert all(key in r for r in records)
+    [sethostname] = [r for r in records if r["syscall"] == "sethostname"]
+    assert sethostname["verdict"] == "allowed" and sethostname["namespace"]["type"] == "uts"
+    assert summary["lost"] == 0
+
+
+def test_cli_trace_timeline_is_one_line_a_syscall_with_its_verdict(no_leaks):
+    result = labkit_cli("trace", "--ns", "pid", "--", "cat", "/no/such/labkit/file")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert any("openat" in line and "-1 ENOENT" in line and "<- namespace" in line for line in lines)
+    assert "lost events: 0" in lines[-1]
+
+
+def test_cli_trace_bad_buffer_size_is_one_line_and_125(no_leaks):
+    result = labkit_cli("trace", "--buffer-kb", "0", "--", "true")
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and "--buffer-kb" in result.stderr
+
+
+def test_cli_trace_as_non_root_is_one_line_and_125():
+    from labkit.cli import main                     # imported as root: nobody cannot read the venv
+
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:                                  # as nobody: stderr -> the pipe
+        os.dup2(w, 2)
+        os.setgid(65534)
+        os.setuid(65534)
+        code = main(["trace", "--", "true"])
+        sys.stderr.flush()
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        stderr = f.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 125
+    assert stderr.count("\n") == 1 and "root" in stderr
