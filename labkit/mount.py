@@ -145,8 +145,8 @@ class MountNamespace(Primitive):
             try:
                 for d in (self.dir, self.upper, work, self.new_root):
                     os.mkdir(d, 0o755)
-            except OSError:
-                self.release()        # spawn releases only primitives that prepared
+            except BaseException:     # also an interrupt: spawn releases only
+                self.release()        # the primitives whose prepare() returned
                 raise
             self.overlay_data = f"lowerdir={self.rootfs},upperdir={self.upper},workdir={work}"
         r = self.new_root
