@@ -168,7 +168,7 @@ def test_cli_trace_as_non_root_is_one_line_and_125():
     r, w = os.pipe()
     child = os.fork()
     if child == 0:                                  # as nobody: stderr -> the pipe
-        os.dup2(w, 2)
+        sys.stderr = os.fdopen(w, "w")              # (pytest replaced sys.stderr)
         os.setgid(65534)
         os.setuid(65534)
         code = main(["trace", "--", "true"])
