@@ -41,7 +41,7 @@ NAMESPACES: dict[str, Callable[[argparse.Namespace], Primitive]] = {
     "net": lambda args: NETWORKS[args.net](args),
     "mount": lambda args: mount.MountNamespace(
         rootfs.check_rootfs(args.rootfs) if args.rootfs else rootfs.default_rootfs(),
-        [mount.parse_volume(v) for v in args.volume]),
+        [mount.parse_volume(v) for v in args.volume], owner=_userns_root(args)),
 }
 # --net mode -> the network namespace primitive that makes it (net.py).
 NETWORKS: dict[str, Callable[[argparse.Namespace], Primitive]] = {
@@ -49,6 +49,15 @@ NETWORKS: dict[str, Callable[[argparse.Namespace], Primitive]] = {
     "bridge": lambda args: net.BridgeNetwork(args.ip),
 }
 DEFAULT_NAMESPACES = "pid,uts,ipc,mount,net,cgroup"   # DESIGN.md; those available are used
+
+
+def _userns_root(args: argparse.Namespace) -> tuple[int, int] | None:
+    """The host uid and gid of a user namespace's root (it must own the
+    container's overlay upper layer), or None without a user namespace."""
+    if not (args.userns or "user" in namespace_names(args.ns)):
+        return None
+    maps = NAMESPACES["user"](args)
+    return user.to_host(maps.uid_map, maps.uid), user.to_host(maps.gid_map, maps.gid)
 
 
 class _Parser(argparse.ArgumentParser):

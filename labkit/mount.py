@@ -67,9 +67,9 @@ KERNEL_MOUNTS: tuple[tuple[str, str, int, str | None], ...] = (
     ("/dev", "tmpfs", kernel.MS_NOSUID | kernel.MS_STRICTATIME, "mode=755,size=65536k"),
     ("/dev/pts", "devpts", kernel.MS_NOSUID | kernel.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
     ("/dev/shm", "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, "mode=1777,size=65536k"),
-    ("/sys", "sysfs", kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, None),
 )
 PROC_FLAGS = kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
+SYS_FLAGS = kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
 
 
 class Volume(NamedTuple):
@@ -116,13 +116,16 @@ class MountNamespace(Primitive):
 
     ``volumes`` are bind-mounted, ``tmpfs`` paths get an empty tmpfs. On the
     host, ``upper`` is the container's writable layer (None without overlay).
+    With a user namespace, ``owner`` is the host (uid, gid) of its root: the
+    upper layer must belong to it, or overlayfs cannot write there.
     """
 
     name = "mount"
     flags = kernel.CLONE_NEWNS
 
     def __init__(self, rootfs: str, volumes: tuple[Volume, ...] | list[Volume] = (),
-                 tmpfs: tuple[str, ...] | list[str] = (), overlay: bool = True) -> None:
+                 tmpfs: tuple[str, ...] | list[str] = (), overlay: bool = True,
+                 owner: tuple[int, int] | None = None) -> None:
         if not os.path.isdir(rootfs):
             raise UsageError(f"rootfs {rootfs} is not a directory",
                              "give a directory, or build one: labkit rootfs build DIR")
@@ -130,6 +133,7 @@ class MountNamespace(Primitive):
         self.volumes = list(volumes)
         self.tmpfs = [check_target(t) for t in tmpfs]
         self.overlay = overlay
+        self.owner = owner
         self.dir: str | None = None
         self.upper: str | None = None
 
@@ -145,13 +149,16 @@ class MountNamespace(Primitive):
             try:
                 for d in (self.dir, self.upper, work, self.new_root):
                     os.mkdir(d, 0o755)
+                    if self.owner is not None:
+                        os.chown(d, *self.owner)
             except BaseException:     # also an interrupt: spawn releases only
                 self.release()        # the primitives whose prepare() returned
                 raise
             self.overlay_data = f"lowerdir={self.rootfs},upperdir={self.upper},workdir={work}"
         r = self.new_root
         self.kernel_mounts = [(r + t, fs, fl, data) for t, fs, fl, data in KERNEL_MOUNTS]
-        self.devices = [(f"{r}/dev/{n}", os.makedev(*nums)) for n, nums in DEVICES.items()]
+        self.sys_target = r + "/sys"
+        self.devices = [(f"{r}/dev/{n}", os.makedev(*nums), f"/dev/{n}") for n, nums in DEVICES.items()]
         self.dev_links = [(target, f"{r}/dev/{n}") for n, target in DEV_LINKS.items()]
         self.binds = [(v.source, r + v.target, v.readonly, os.path.isdir(v.source))
                       for v in self.volumes]
@@ -171,9 +178,9 @@ class MountNamespace(Primitive):
         for target, fstype, flags, data in self.kernel_mounts:
             os.makedirs(target, exist_ok=True)
             kernel.mount(fstype, target, fstype, flags, data)
-        for path, dev in self.devices:
-            os.mknod(path, stat.S_IFCHR | 0o666, dev)
-            os.chmod(path, 0o666)                   # mknod's mode is filtered by the umask
+        _mount_sys(self.sys_target)
+        for path, dev, host_path in self.devices:
+            _make_device(path, dev, host_path)
         for target, link in self.dev_links:
             os.symlink(target, link)
         for target in self.tmpfs_targets:
@@ -205,6 +212,36 @@ class MountNamespace(Primitive):
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+
+def _mount_sys(target: str) -> None:
+    """A read-only sysfs at ``target``.
+
+    A new sysfs needs CAP_SYS_ADMIN over the network namespace it shows
+    (sysfs(5) shows its devices): in a user namespace without a network
+    namespace of its own that is EPERM, and the host's /sys is bind-mounted
+    read-only instead, as runc does for rootless containers.
+    """
+    os.makedirs(target, exist_ok=True)
+    try:
+        kernel.mount("sysfs", target, "sysfs", SYS_FLAGS)
+    except PermissionError:
+        _bind("/sys", target, readonly=True, flags=SYS_FLAGS & ~kernel.MS_RDONLY)
+
+
+def _make_device(path: str, dev: int, host_path: str) -> None:
+    """Create the character device ``dev`` at ``path``.
+
+    mknod(2) of a device needs CAP_MKNOD in the initial user namespace: in a
+    user namespace it fails with EPERM, so (as runc does) the host's device
+    node is bind-mounted onto an empty file instead.
+    """
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, dev)
+        os.chmod(path, 0o666)                   # mknod's mode is filtered by the umask
+    except PermissionError:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666))
+        kernel.mount(host_path, path, None, kernel.MS_BIND)
 
 
 def _make_mount_point(path: str, is_dir: bool) -> None:
