@@ -117,6 +117,12 @@ class Process:
         with open(f"/proc/{self.pid}/cgroup") as f:
             return f.read()
 
+    def output_so_far(self) -> str:
+        """What the container has written to its stdout until now (when captured)."""
+        if self._out is None or self._out.closed:
+            return self.stdout
+        return os.pread(self._out.fileno(), 1 << 20, 0).decode(errors="replace")
+
     def poll(self) -> int | None:
         """The return code if the container has exited, else None."""
         return self.wait(timeout=0) if self.returncode is None else self.returncode
