@@ -77,6 +77,7 @@ STATS: tuple[Counter, ...] = (
     Counter("memory_current", "memory", ("memory.usage_in_bytes", None, 1), ("memory.current", None, 1)),
     Counter("memory_peak", "memory", ("memory.max_usage_in_bytes", None, 1), ("memory.peak", None, 1)),
     Counter("pids_current", "pids", ("pids.current", None, 1), ("pids.current", None, 1)),
+    Counter("pids_peak", "pids", ("pids.peak", None, 1), ("pids.peak", None, 1)),
 )
 
 EVENTS: tuple[Counter, ...] = (
