@@ -235,7 +235,8 @@ def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
 
     init_module(2): the caller needs CAP_SYS_MODULE in the *initial* user
     namespace, checked before the file is even looked at, so without it the
-    call fails with EPERM whatever ``fd`` is.
+    call fails with EPERM whatever ``fd`` is. A kernel built without module
+    support (CONFIG_MODULES=n) answers ENOSYS to everyone, before any check.
     """
     _check(_libc.syscall(ctypes.c_long(_SYS_FINIT_MODULE), ctypes.c_int(fd),
                          params.encode(), ctypes.c_int(flags)), "finit_module")
