@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Run the lab's JupyterLab as a systemd service that comes back after a reboot,
+# as root, after scripts/setup.sh. Idempotent: a file is written only when its
+# content differs, the token is generated once, and a second run prints
+# "jupyter-service: nothing changed".
+#
+#   /var/lib/labkit/jupyter.env               JUPYTER_TOKEN=... (generated once, mode 0600)
+#   /etc/systemd/system/labkit-jupyter.service the unit (root: the notebooks make namespaces)
+#   /usr/local/sbin/labkit-token               prints the login URL with the token
+#
+# Environment: LABKIT_VENV (default .venv in the repository), LABKIT_JUPYTER_IP
+# (default 127.0.0.1; the lab VM uses 0.0.0.0 because its NAT port forward, bound
+# to the host's 127.0.0.1, arrives on the VM's own interface), LABKIT_JUPYTER_PORT
+# (default 8888).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${LABKIT_VENV:-$repo/.venv}
+ip=${LABKIT_JUPYTER_IP:-127.0.0.1}
+port=${LABKIT_JUPYTER_PORT:-8888}
+state=/var/lib/labkit
+unit=labkit-jupyter.service
+changed=()
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "jupyter-service: needs root: run it with sudo" >&2
+    exit 1
+fi
+if [ ! -x "$venv/bin/jupyter" ]; then
+    echo "jupyter-service: $venv/bin/jupyter not found: run scripts/setup.sh first" >&2
+    exit 1
+fi
+if ! command -v systemctl >/dev/null; then
+    echo "jupyter-service: systemctl not found: this host does not use systemd; run ./lab jupyter instead" >&2
+    exit 1
+fi
+
+# put MODE PATH: write standard input to PATH only if its content differs.
+put() {
+    local mode=$1 path=$2 new
+    new=$(cat)
+    if [ -f "$path" ] && [ "$(cat "$path")" = "$new" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
+        return
+    fi
+    mkdir -p "$(dirname "$path")"
+    printf '%s\n' "$new" > "$path.new"
+    chmod "$mode" "$path.new"
+    mv "$path.new" "$path"
+    changed+=("$path")
+}
+
+# The token: 48 hex digits from the kernel's random pool, made once and kept.
+mkdir -p "$state"
+if [ ! -s "$state/jupyter.env" ]; then
+    token=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+    (umask 077 && echo "JUPYTER_TOKEN=$token" > "$state/jupyter.env")
+    changed+=("$state/jupyter.env")
+fi
+
+put 644 "/etc/systemd/system/$unit" <<EOF
+[Unit]
+Description=labkit JupyterLab on $ip:$port (notebooks in $repo/notebooks)
+After=network.target local-fs.target remote-fs.target
+# Keep retrying while the repository's shared folder is not mounted yet.
+StartLimitIntervalSec=0
+
+[Service]
+EnvironmentFile=$state/jupyter.env
+Environment=LABKIT_VENV=$venv
+ExecStart=$venv/bin/jupyter lab --allow-root --no-browser --ip $ip --port $port --ServerApp.root_dir=$repo/notebooks
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+put 755 /usr/local/sbin/labkit-token <<EOF
+#!/bin/sh
+# Print the lab's JupyterLab login URL with its token (made by scripts/jupyter-service.sh).
+set -e
+token=\$(sed -n 's/^JUPYTER_TOKEN=//p' $state/jupyter.env)
+echo "http://127.0.0.1:$port/lab?token=\$token"
+EOF
+
+if ! systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+    systemctl enable --quiet "$unit"
+    changed+=("enabled $unit")
+fi
+
+# A running systemd has /run/systemd/system (sd_booted(3)); in a chroot or a
+# container without systemd the unit is enabled and starts at the next boot.
+if [ -d /run/systemd/system ]; then
+    if [ ${#changed[@]} -gt 0 ]; then
+        systemctl daemon-reload
+        systemctl restart "$unit"
+        changed+=("restarted $unit")
+    elif ! systemctl is-active --quiet "$unit"; then
+        systemctl start "$unit"
+        changed+=("started $unit")
+    fi
+else
+    echo "jupyter-service: systemd is not running here: $unit starts at the next boot"
+fi
+
+if [ ${#changed[@]} -gt 0 ]; then
+    printf 'jupyter-service: changed %s\n' "${changed[@]}"
+else
+    echo "jupyter-service: nothing changed"
+fi
+echo "jupyter-service: the login URL: sudo labkit-token"
