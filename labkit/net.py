@@ -105,28 +105,28 @@ def in_netns(netns: str | None, work: Callable[[Any], T]) -> T:
     A socket belongs to the network namespace of the thread that created it,
     and setns(2) with CLONE_NEWNET moves only the calling thread. So a
     short-lived thread joins the namespace, opens the socket, does the work and
-    ends: the rest of the process never leaves the host's namespace.
+    ends: the rest of the process never leaves the host's namespace. (The host's
+    work runs in a thread too: pyroute2's synchronous API runs an asyncio loop,
+    which cannot nest in a notebook kernel's running loop.)
     """
     from pyroute2 import IPRoute      # lazily: `labkit run --net none` never loads netlink
 
-    if netns is None:
-        with IPRoute() as ipr:
-            return work(ipr)
     outcome: dict[str, Any] = {}
 
     def thread() -> None:
         try:
-            fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                kernel.setns(fd, kernel.CLONE_NEWNET)
-            finally:
-                os.close(fd)
+            if netns is not None:
+                fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    kernel.setns(fd, kernel.CLONE_NEWNET)
+                finally:
+                    os.close(fd)
             with IPRoute() as ipr:
                 outcome["result"] = work(ipr)
         except BaseException as e:     # handed to the caller's thread below
             outcome["error"] = e
 
-    worker = threading.Thread(target=thread, name=f"labkit-{netns}")
+    worker = threading.Thread(target=thread, name=f"labkit-netlink-{netns or 'host'}")
     worker.start()
     worker.join()
     if "error" in outcome:
@@ -211,10 +211,12 @@ class BridgeNetwork(NetNamespace):
         if self.netns is None:            # prepare() never leased an address (or released already)
             return
         with _net_lock():
-            in_netns(None, self._remove_links)
-            _unname_netns(self.netns)
+            try:
+                in_netns(None, self._remove_links)
+            finally:
+                _unname_netns(self.netns)    # the address lease goes whatever happened
+                self.netns = None
             in_netns(None, _remove_bridge_if_unused)
-        self.netns = None
 
     def _remove_links(self, ipr: Any) -> None:
         # Deleting one end of a veth pair deletes the other, wherever it is (veth(4)).
