@@ -236,8 +236,7 @@ def check_rootless(args: argparse.Namespace) -> None:
     if os.geteuid() == 0:
         return
     if not (args.userns or "user" in namespace_names(args.ns)):
-        raise LabkitError("creating namespaces needs root, or a user namespace of your own",
-                          "run labkit as root, or add --userns for a rootless container")
+        raise NotRootError()              # (a rootless container needs --userns)
     for dest, why in NEEDS_HOST_ROOT.items():
         if getattr(args, dest, None) not in (None, False, [], "none"):
             raise LabkitError(f"{why}, which needs host root", "run labkit as root, or leave the option out")

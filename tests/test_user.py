@@ -171,7 +171,7 @@ def test_rootless_run_with_a_mount_namespace(no_leaks):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--", "true"], "add --userns"),
+    (["--", "true"], "labkit needs root"),
     (["--userns", "--uid-map", "0:100000:65536", "--", "true"], "needs host root"),
     (["--userns", "--net", "bridge", "--", "true"], "needs host root"),
 ])
