@@ -5,11 +5,19 @@
 #   iproute2, util-linux (unshare, for comparison), runc and bubblewrap (benchmarks).
 #   A Python virtual environment in $LABKIT_VENV (default: .venv in the repository)
 #   with requirements.txt and labkit itself (pip install -e).
+#   With --test (what `./lab test` and CI use), also the test suite's tools:
+#   vagrant (`vagrant validate`), shellcheck, debootstrap (a fresh Debian root for
+#   the provisioning test), linux-libc-dev (the kernel's syscall tables), git.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${LABKIT_VENV:-$repo/.venv}
 packages=(busybox-static strace iproute2 util-linux runc bubblewrap python3-venv ca-certificates)
+case "${1:-}" in
+"") ;;
+--test) packages+=(shellcheck vagrant debootstrap linux-libc-dev git) ;;
+*) echo "setup: unknown option $1: use scripts/setup.sh [--test]" >&2; exit 2 ;;
+esac
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup: needs root: run it with sudo, or inside the lab VM" >&2

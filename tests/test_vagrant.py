@@ -1,0 +1,260 @@
+"""The lab VM's Vagrantfile, and labkit's code on the VM's other architecture.
+
+`vagrant up` cannot run in CI (no hardware virtualisation, no box download),
+so the Vagrantfile is checked by Vagrant itself: ``vagrant validate``, and the
+configuration Vagrant's own library loads from it for each provider.
+
+An Apple Silicon host runs an arm64 (aarch64) VM, where the syscall numbers
+differ from x86_64: labkit's tables are checked against the kernel's UAPI
+headers for both machines (linux-libc-dev ships the x86_64 table and the
+generic table that arm64 uses), and the busybox the rootfs copies must be a
+static program for this machine.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VAGRANT_DIR = os.path.join(REPO, "vagrant")
+HEADERS = {
+    "x86_64": "/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
+    "aarch64": "/usr/include/asm-generic/unistd.h",
+}
+LABKIT_ENV = ("LABKIT_BOX", "LABKIT_BOX_URL", "LABKIT_CPUS", "LABKIT_MEMORY", "LABKIT_PORT")
+
+# Ruby, run with Vagrant's own library: the configuration it loads from the
+# Vagrantfile for each provider, as JSON (nothing is created, no box is fetched).
+DUMP_CONFIG = r"""
+require "vagrant"
+require "json"
+env = Vagrant::Environment.new(cwd: ARGV[0], local_data_path: ARGV[1])
+out = {}
+%w[virtualbox libvirt vmware_desktop parallels].each do |name|
+  config = env.vagrantfile.machine_config(:default, name.to_sym, env.boxes, nil, false)[:config]
+  provider = config.vm.get_provider_config(name.to_sym)
+  out[name] = {
+    "box" => config.vm.box, "box_url" => config.vm.box_url, "hostname" => config.vm.hostname,
+    "networks" => config.vm.networks.map { |type, opts| [type.to_s, opts] },
+    "synced_folders" => config.vm.synced_folders,
+    "provisioners" => config.vm.provisioners.map { |p| [p.name.to_s, p.type.to_s, p.config.inline] },
+    "customizations" => provider.respond_to?(:customizations) ? provider.customizations : nil,
+  }
+end
+out["providers"] = env.vagrantfile.config.vm.__providers.map(&:to_s)
+puts JSON.generate(out)
+"""
+
+
+def vagrant_env(tmp_path, **extra: str) -> dict[str, str]:
+    """The caller's environment without LABKIT_* settings, with Vagrant's
+    per-project state kept in tmp_path (not vagrant/.vagrant)."""
+    env = {k: v for k, v in os.environ.items() if k not in LABKIT_ENV}
+    env.update(VAGRANT_CWD=VAGRANT_DIR, VAGRANT_DOTFILE_PATH=str(tmp_path / "dot"),
+               VAGRANT_CHECKPOINT_DISABLE="1", **extra)
+    return env
+
+
+def validate(tmp_path, cwd: str = VAGRANT_DIR, **extra: str) -> subprocess.CompletedProcess:
+    # --ignore-provider: no provider is installed here; the core settings are still checked.
+    env = vagrant_env(tmp_path, **extra)
+    env["VAGRANT_CWD"] = cwd
+    return subprocess.run(["vagrant", "validate", "--ignore-provider"], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def config(tmp_path, **extra: str) -> dict:
+    result = subprocess.run(["ruby", "-e", DUMP_CONFIG, VAGRANT_DIR, str(tmp_path / "dot")],
+                            env=vagrant_env(tmp_path, **extra), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_vagrant_validate(tmp_path):
+    result = validate(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validated successfully" in result.stdout
+    assert not os.path.exists(os.path.join(VAGRANT_DIR, ".vagrant"))
+
+
+def test_vagrant_validate_catches_a_wrong_setting(tmp_path):
+    """The same check fails on a Vagrantfile with a setting Vagrant does not know."""
+    copy = tmp_path / "vagrant"
+    copy.mkdir()
+    with open(os.path.join(VAGRANT_DIR, "Vagrantfile")) as f:
+        text = f.read()
+    (copy / "Vagrantfile").write_text(text.replace('config.vm.hostname = "labkit"',
+                                                   'config.vm.hostnam = "labkit"'))
+    result = validate(tmp_path, cwd=str(copy))
+    assert result.returncode != 0
+    assert "hostnam" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name,value", [("LABKIT_CPUS", "two"), ("LABKIT_MEMORY", "4G"),
+                                        ("LABKIT_PORT", "-1")])
+def test_a_bad_setting_is_one_clear_line(tmp_path, name, value):
+    result = validate(tmp_path, **{name: value})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f'labkit: {name}="{value}" is not a whole number')
+
+
+def test_defaults_for_every_provider(tmp_path):
+    got = config(tmp_path)
+    assert {"virtualbox", "libvirt"} <= set(got["providers"])
+    assert {"vmware_desktop", "parallels"} & set(got["providers"]), "no provider for Apple Silicon"
+    for provider in ("virtualbox", "libvirt", "vmware_desktop", "parallels"):
+        vm = got[provider]
+        # Jupyter is reachable from the host's loopback only, not from its network.
+        assert ["forwarded_port", {"guest": 8888, "host": 8888, "host_ip": "127.0.0.1",
+                                   "id": "jupyter", "protocol": "tcp"}] in vm["networks"]
+        # The whole repository is synced, at /labkit; provisioning runs its script.
+        assert vm["synced_folders"]["/labkit"]["hostpath"] == ".."
+        assert vm["synced_folders"]["/vagrant"]["disabled"] is True
+        assert vm["provisioners"] == [["labkit", "shell", "bash /labkit/vagrant/provision.sh"]]
+        assert vm["hostname"] == "labkit"
+    assert got["virtualbox"]["box"] == "bento/debian-12"
+    assert got["vmware_desktop"]["box"] == got["parallels"]["box"] == "bento/debian-12"
+    assert got["libvirt"]["box"] == "debian/bookworm64"
+    assert got["libvirt"]["synced_folders"]["/labkit"]["type"] == "virtiofs"
+    assert ["pre-boot", ["modifyvm", "id", "--cpus", 2]] in got["virtualbox"]["customizations"]
+    assert ["pre-boot", ["modifyvm", "id", "--memory", "4096"]] in got["virtualbox"]["customizations"]
+
+
+def test_environment_overrides(tmp_path):
+    got = config(tmp_path, LABKIT_BOX="class/debian-12", LABKIT_BOX_URL="file:///srv/boxes/debian-12.box",
+                 LABKIT_CPUS="4", LABKIT_MEMORY="8192", LABKIT_PORT="18888")
+    for provider in ("virtualbox", "libvirt", "vmware_desktop", "parallels"):
+        assert got[provider]["box"] == "class/debian-12"
+        assert got[provider]["box_url"] == ["file:///srv/boxes/debian-12.box"]
+        forwarded = [opts for kind, opts in got[provider]["networks"] if opts.get("id") == "jupyter"]
+        assert forwarded[0]["host"] == 18888 and forwarded[0]["guest"] == 8888
+    assert ["pre-boot", ["modifyvm", "id", "--cpus", 4]] in got["virtualbox"]["customizations"]
+    assert ["pre-boot", ["modifyvm", "id", "--memory", "8192"]] in got["virtualbox"]["customizations"]
+    only_url = config(tmp_path, LABKIT_BOX_URL="file:///srv/boxes/debian-12.box")
+    assert only_url["libvirt"]["box"] == only_url["virtualbox"]["box"] == "labkit/local"
+
+
+# --- aarch64: syscall numbers --------------------------------------------------------------
+
+def header_table(machine: str) -> dict[int, set[str]]:
+    """Syscall number -> name(s) from the kernel's UAPI header for ``machine``.
+
+    For the generic table (arm64), ``__NR3264_*`` numbers take the names the
+    header gives them on 64-bit machines (``__NR_fstat __NR3264_fstat``), and
+    entries that differ by configuration (sync_file_range/sync_file_range2)
+    keep both names.
+    """
+    path = HEADERS[machine]
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not installed (Debian package linux-libc-dev for that machine)")
+    with open(path) as f:
+        text = f.read()
+    table: dict[int, set[str]] = {}
+    for name, number in re.findall(r"^#define __NR_(\w+)\s+(\d+)\s*$", text, re.M):
+        if name not in ("syscalls", "arch_specific_syscall"):   # a count and a range start
+            table.setdefault(int(number), set()).add(name)
+    numbers64 = {n: int(v) for n, v in re.findall(r"^#define __NR3264_(\w+)\s+(\d+)", text, re.M)}
+    if numbers64:
+        block64 = text.split("#if __BITS_PER_LONG == 64 && !defined(__SYSCALL_COMPAT)")[1].split("#else")[0]
+        for name, key in re.findall(r"^#define __NR_(\w+) __NR3264_(\w+)", block64, re.M):
+            if key in numbers64:              # __NR3264_stat: only on machines that want it
+                table.setdefault(numbers64[key], set()).add(name)
+    return table
+
+
+def kernel_py_numbers() -> dict[str, dict[str, int]]:
+    """Every ``_SYS_<NAME> = {machine: number, ...}[...]`` table in labkit/kernel.py."""
+    with open(os.path.join(REPO, "labkit", "kernel.py")) as f:
+        tree = ast.parse(f.read())
+    found = {}
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id.startswith("_SYS_") and isinstance(node.value, ast.Subscript)
+                and isinstance(node.value.value, ast.Dict)):
+            found[node.targets[0].id[5:].lower()] = ast.literal_eval(node.value.value)
+    return found
+
+
+def test_kernel_py_syscall_numbers_match_the_kernel_headers():
+    tables = kernel_py_numbers()
+    assert "pivot_root" in tables
+    for syscall, numbers in tables.items():
+        assert set(numbers) >= set(HEADERS), f"_SYS_{syscall.upper()} lacks a machine: {numbers}"
+        for machine in HEADERS:
+            header = header_table(machine)
+            assert syscall in header.get(numbers[machine], set()), \
+                f"{syscall} on {machine} is {numbers[machine]} in kernel.py, the header says {header}"
+
+
+def test_pivot_root_number_is_pivot_root_on_this_kernel(tmp_path):
+    """With this machine's number, the kernel answers as pivot_root(2) does for a
+    new_root that is not a mount point in the caller's namespace: EINVAL."""
+    from labkit import kernel
+    (tmp_path / "old").mkdir()
+    with pytest.raises(OSError) as denied:
+        kernel.pivot_root(str(tmp_path), str(tmp_path / "old"))
+    assert denied.value.errno in (22, 16), denied.value     # EINVAL (or EBUSY), never ENOSYS
+
+
+@pytest.mark.parametrize("machine", sorted(HEADERS))
+def test_trace_syscall_names_match_the_kernel_headers(machine):
+    syscalls = pytest.importorskip("labkit.syscalls", reason="labkit/syscalls.py (trace names) not present")
+    header = header_table(machine)
+    table = syscalls.TABLES[machine]
+    wrong = {n: (table.get(n), sorted(names)) for n, names in header.items() if table.get(n) not in names}
+    assert not wrong, f"{machine}: number -> (labkit's name, the header's) {wrong}"
+
+
+# --- aarch64: the busybox the rootfs is made of -----------------------------------------
+
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183}     # e_machine, from <elf.h> (EM_X86_64, EM_AARCH64)
+PT_INTERP = 3
+
+
+def elf_facts(path: str) -> tuple[int, bool]:
+    """(e_machine, has a PT_INTERP program header) of a 64-bit little-endian ELF file (elf(5))."""
+    with open(path, "rb") as f:
+        data = f.read(1 << 16)
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, f"{path}: not a 64-bit LE ELF"
+    e_machine = struct.unpack_from("<H", data, 18)[0]
+    e_phoff = struct.unpack_from("<Q", data, 32)[0]
+    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
+    types = [struct.unpack_from("<I", data, e_phoff + i * e_phentsize)[0] for i in range(e_phnum)]
+    return e_machine, PT_INTERP in types
+
+
+def test_busybox_is_static_and_built_for_this_machine():
+    """The rootfs holds busybox and no C library: the host's busybox must be a
+    static program (no PT_INTERP, no dynamic loader) of this machine's type."""
+    from labkit import rootfs
+    machine, dynamic = elf_facts(os.path.realpath(rootfs.BUSYBOX))
+    assert machine == ELF_MACHINES[os.uname().machine]
+    assert not dynamic, f"{rootfs.BUSYBOX} is dynamically linked: install busybox-static"
+    # The same check on a dynamic program of this machine tells the difference.
+    assert elf_facts(os.path.realpath(shutil.which("ls"))) == (ELF_MACHINES[os.uname().machine], True)
+
+
+def test_busybox_applets_are_relative_paths_it_really_runs(tmp_path):
+    """Applets come from the binary itself (``--list-full``), not from a list
+    written for one machine; each is linked by name and busybox runs it by argv[0]."""
+    from labkit import rootfs
+    applets = rootfs.applets()
+    assert "bin/sh" in applets and "bin/busybox" not in applets
+    assert all(not a.startswith("/") and ".." not in a.split("/") for a in applets)
+    for applet in ("bin/sh", "bin/echo"):
+        link = tmp_path / os.path.basename(applet)
+        link.symlink_to(os.path.realpath(rootfs.BUSYBOX))
+        args = ["-c", "echo via-$0"] if applet == "bin/sh" else ["via-echo"]
+        out = subprocess.run([str(link), *args], capture_output=True, text=True, check=True).stdout
+        assert out.startswith("via-"), out
