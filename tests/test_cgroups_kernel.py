@@ -39,8 +39,8 @@ def test_half_a_cpu_holds_a_busy_loop_to_50_percent(no_leaks):
             stats = cg.stats()
         shares.append(share)
         assert share <= 0.55, f"the quota is an upper bound: {share:.1%} of a core used"
-        assert stats["nr_throttled"] > 0 and stats["throttled_usec"] > 0   # the kernel held it back
-        if share >= 0.45:
+        if share >= 0.45:                             # it reached its quota: the kernel held it back
+            assert stats["nr_throttled"] > 0 and stats["throttled_usec"] > 0
             return
     if host_saturated():
         pytest.skip(f"host saturated by other work (load >= cores): {shares}")
