@@ -164,6 +164,7 @@ class MountNamespace(Primitive):
                       for v in self.volumes]
         self.tmpfs_targets = [r + t for t in self.tmpfs]
         self.masked = [r + p for p in MASKED_PATHS]
+        self.dev_null = r + "/dev/null"
         self.readonly = [r + p for p in READONLY_PATHS]
 
     def enter(self) -> None:
@@ -191,7 +192,7 @@ class MountNamespace(Primitive):
             _bind(source, target, readonly)
         # 4. runc's masked and read-only paths of /proc and /sys.
         for path in self.masked:
-            _mask(path)
+            _mask(path, self.dev_null)
         for path in self.readonly:
             if os.path.exists(path):
                 _bind(path, path, readonly=True, flags=PROC_FLAGS)
@@ -266,8 +267,9 @@ def _bind(source: str, target: str, readonly: bool, flags: int = 0) -> None:
                      kernel.MS_BIND | kernel.MS_REMOUNT | kernel.MS_RDONLY | flags)
 
 
-def _mask(path: str) -> None:
-    """Hide ``path``: an empty read-only tmpfs over a directory, /dev/null over a file."""
+def _mask(path: str, dev_null: str) -> None:
+    """Hide ``path``: an empty read-only tmpfs over a directory, the container's
+    /dev/null over a file."""
     try:
         is_dir = stat.S_ISDIR(os.stat(path).st_mode)
     except FileNotFoundError:
@@ -275,7 +277,7 @@ def _mask(path: str) -> None:
     if is_dir:
         kernel.mount("tmpfs", path, "tmpfs", kernel.MS_RDONLY)
     else:
-        kernel.mount("/dev/null", path, None, kernel.MS_BIND)
+        kernel.mount(dev_null, path, None, kernel.MS_BIND)
 
 
 class MountEntry(NamedTuple):
