@@ -279,3 +279,11 @@ def test_cli_rootfs_without_the_command(tmp_path, no_leaks):
     assert r.returncode == 127
     assert r.stderr == "labkit: sh: command not found in the container: " \
         "check its name, and that it exists in the container's PATH\n"
+
+
+def test_pid_namespace_that_mounts_proc_itself_still_composes(no_leaks):
+    """PidNamespace(mount_proc=True) mounts /proc before the pivot; the mount
+    primitive's fresh /proc in the new root is the one the command sees."""
+    r = spawn.run(["sh", "-c", "echo $$; ls /proc | grep -c '^[0-9]'; readlink /bin/sh"],
+                  [pid.PidNamespace(), mount.MountNamespace(ROOTFS)])
+    assert r.stdout.split() == ["1", "3", "/bin/busybox"], r.stdout + r.stderr
