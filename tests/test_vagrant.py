@@ -45,7 +45,7 @@ out = {}
     "box" => config.vm.box, "box_url" => config.vm.box_url, "hostname" => config.vm.hostname,
     "networks" => config.vm.networks.map { |type, opts| [type.to_s, opts] },
     "synced_folders" => config.vm.synced_folders,
-    "provisioners" => config.vm.provisioners.map { |p| [p.name.to_s, p.type.to_s, p.config.inline] },
+    "provisioners" => config.vm.provisioners.map { |p| [p.name.to_s, p.type.to_s, p.config.inline, p.config.env] },
     "customizations" => provider.respond_to?(:customizations) ? provider.customizations : nil,
   }
 end
@@ -121,7 +121,8 @@ def test_defaults_for_every_provider(tmp_path):
         # The whole repository is synced, at /labkit; provisioning runs its script.
         assert vm["synced_folders"]["/labkit"]["hostpath"] == ".."
         assert vm["synced_folders"]["/vagrant"]["disabled"] is True
-        assert vm["provisioners"] == [["labkit", "shell", "bash /labkit/vagrant/provision.sh"]]
+        assert vm["provisioners"] == [["labkit", "shell", "bash /labkit/vagrant/provision.sh",
+                                       {"LABKIT_JUPYTER_IP": "0.0.0.0"}]]
         assert vm["hostname"] == "labkit"
     assert got["virtualbox"]["box"] == "bento/debian-12"
     assert got["vmware_desktop"]["box"] == got["parallels"]["box"] == "bento/debian-12"

@@ -4,7 +4,8 @@
 # service. Idempotent: a second run installs nothing, writes nothing, and says so.
 #
 #   1. scripts/setup.sh          Debian packages, the Python venv, labkit (one source of truth)
-#   2. /etc/profile.d/labkit.sh  the venv's bin on PATH, LABKIT_VENV for ./lab and sudo
+#   2. /etc/profile.d/labkit.sh  the venv's bin on PATH, LABKIT_VENV for ./lab and sudo;
+#      /usr/local/bin/labkit     a link to the venv's labkit command
 #   3. scripts/jupyter-service.sh JupyterLab as the systemd service labkit-jupyter
 #
 # The venv lives outside the repository (LABKIT_VENV, default /opt/labkit/venv):
@@ -14,9 +15,9 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export LABKIT_VENV=${LABKIT_VENV:-/opt/labkit/venv}
-# Inside the VM Jupyter listens on all of the VM's interfaces: Vagrant's NAT port
-# forward arrives on the VM's own address, and on the host it is bound to 127.0.0.1.
-export LABKIT_JUPYTER_IP=${LABKIT_JUPYTER_IP:-0.0.0.0}
+# JupyterLab listens on LABKIT_JUPYTER_IP, 127.0.0.1 unless told: on a cloud VM,
+# reach it through `ssh -L`. The Vagrantfile sets 0.0.0.0, since Vagrant's port
+# forward arrives on the VM's own address (and is bound to the host's 127.0.0.1).
 changed=()
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -49,6 +50,12 @@ if [ -d /etc/sudoers.d ]; then
     put 440 /etc/sudoers.d/labkit <<EOF
 Defaults env_keep += "LABKIT_VENV"
 EOF
+fi
+
+# `sudo labkit ...` works too: sudo's PATH (secure_path) has /usr/local/bin.
+if [ "$(readlink /usr/local/bin/labkit)" != "$LABKIT_VENV/bin/labkit" ]; then
+    ln -sfn "$LABKIT_VENV/bin/labkit" /usr/local/bin/labkit
+    changed+=(/usr/local/bin/labkit)
 fi
 
 "$repo/scripts/jupyter-service.sh"
