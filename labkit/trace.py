@@ -117,6 +117,7 @@ NAMESPACE_ERRNOS = {"ENOENT", "EADDRINUSE", "EADDRNOTAVAIL", "ESRCH", "ENETUNREA
 STEPS = ("syscall", "namespace", "cgroup", "capability", "execute")
 
 _counter = itertools.count()
+_host_user_ns: dict[int, str | None] = {}   # our user namespace's inode -> its cap_capable pointer
 _LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
                    r"(?P<ts>\d+\.\d+): (?P<event>\w+): (?P<body>.*)$")
 _FIELD = re.compile(r"([\w-]+)[=: ]\s*([^\s,]+)")
@@ -265,7 +266,10 @@ class Trace(Primitive):
         _write(f"{self.dir}/options/event-fork", "1")   # children join set_event_pid
         self.capability_source = self._capability_events()
         if self.capability_source:
-            self.host_user_ns = self._calibrate_user_ns()
+            own = kernel.ns_inode("self", "user")       # the same for every trace: once a process
+            if own not in _host_user_ns:
+                _host_user_ns[own] = self._calibrate_user_ns()
+            self.host_user_ns = _host_user_ns[own]
         for event in EVENTS:
             if os.path.exists(f"{self.dir}/events/{event}/enable"):
                 _write(f"{self.dir}/events/{event}/enable", "1")
