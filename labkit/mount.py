@@ -28,6 +28,7 @@ namespace goes with a PID namespace.)
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -177,6 +178,7 @@ class MountNamespace(Primitive):
             kernel.mount(self.rootfs, self.new_root, None, kernel.MS_BIND | kernel.MS_REC)
         # 3. The kernel's filesystems, a minimal /dev, tmpfs and volumes.
         for target, fstype, flags, data in self.kernel_mounts:
+            _refuse_links(self.new_root, target)
             os.makedirs(target, exist_ok=True)
             kernel.mount(fstype, target, fstype, flags, data)
         _mount_sys(self.sys_target)
@@ -185,9 +187,11 @@ class MountNamespace(Primitive):
         for target, link in self.dev_links:
             os.symlink(target, link)
         for target in self.tmpfs_targets:
+            _refuse_links(self.new_root, target)
             os.makedirs(target, exist_ok=True)
             kernel.mount("tmpfs", target, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=1777")
         for source, target, readonly, is_dir in self.binds:
+            _refuse_links(self.new_root, target)
             _make_mount_point(target, is_dir)
             _bind(source, target, readonly)
         # 4. runc's masked and read-only paths of /proc and /sys.
@@ -213,6 +217,22 @@ class MountNamespace(Primitive):
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+
+def _refuse_links(root: str, target: str) -> None:
+    """Refuse a mount point under ``root`` that is reached through a symbolic link.
+
+    Before pivot_root, a link in the image is resolved against the host's root
+    (an absolute one) or may climb out with ``..``: following it would create
+    directories and mounts in the host's tree. runc resolves such paths inside
+    the root instead; labkit refuses them (ELOOP).
+    """
+    path = root
+    for part in target[len(root):].split("/"):
+        if part:
+            path = f"{path}/{part}"
+            if os.path.islink(path):
+                raise OSError(errno.ELOOP, f"{path[len(root):]}: a symbolic link on the way to a mount point")
 
 
 def _mount_sys(target: str) -> None:

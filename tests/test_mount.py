@@ -287,3 +287,29 @@ def test_pid_namespace_that_mounts_proc_itself_still_composes(no_leaks):
     r = spawn.run(["sh", "-c", "echo $$; ls /proc | grep -c '^[0-9]'; readlink /bin/sh"],
                   [pid.PidNamespace(), mount.MountNamespace(ROOTFS)])
     assert r.stdout.split() == ["1", "3", "/bin/busybox"], r.stdout + r.stderr
+
+
+def test_mount_point_through_a_link_in_the_image_is_refused(tmp_path, no_leaks):
+    """An image whose /data links to a host path must not make the volume's
+    directories (or mounts) appear there: the path is refused with ELOOP."""
+    image = tmp_path / "image"
+    rootfs.build(str(image), progress=None)
+    outside = tmp_path / "host-side"
+    outside.mkdir()
+    os.symlink(str(outside), image / "data")              # absolute: the host's path before pivot_root
+    source = tmp_path / "vol"
+    source.mkdir()
+    prims = [pid.PidNamespace(mount_proc=False),
+             mount.MountNamespace(str(image), [mount.volume(str(source), "/data/sub")])]
+    with pytest.raises(KernelError, match="ELOOP: /data: a symbolic link"):
+        spawn.run(["true"], prims)
+    assert os.listdir(outside) == []
+
+
+def test_without_overlay_the_container_writes_into_its_rootfs(tmp_path, no_leaks):
+    image = rootfs.build(str(tmp_path / "image"), progress=None)
+    r = spawn.run(["sh", "-c", "echo kept > /kept; ls -a / | grep -c oldroot"],
+                  [pid.PidNamespace(mount_proc=False), mount.MountNamespace(image, overlay=False)])
+    assert (r.returncode, r.stdout) == (1, "0\n"), r.stderr       # grep -c found none: exit 1
+    assert open(f"{image}/kept").read() == "kept\n"
+    assert not os.path.exists(image + mount.OLD_ROOT)
