@@ -172,3 +172,49 @@ def test_cli_bad_limits_are_one_line_exit_125(no_leaks, args, words):
 def test_every_limited_controller_is_present_here():
     """The limits above need these; a host without one gets MissingControllerError."""
     assert {"cpu", "memory", "pids", "io"} <= set(controllers())
+
+
+def test_a_taken_name_leaves_the_other_group_alone(no_leaks):
+    from labkit.errors import LabkitError
+
+    name = f"t-taken-{os.getpid()}"
+    with Cgroup(name, pids=8) as first:
+        with pytest.raises(LabkitError, match="exists already"):
+            Cgroup(name, pids=5).prepare()
+        assert all(os.path.isdir(p) for p in first.paths())
+        assert open(first.v1.path("pids", "pids.max") if first.v1 else first.v2.path + "/pids.max").read() == "8\n"
+    assert not any(os.path.exists(p) for p in first.paths())
+    first.release()                                    # twice is fine
+
+
+def test_release_kills_what_is_left_and_removes_the_group(no_leaks):
+    cg = Cgroup(f"t-release-{os.getpid()}", pids=8)
+    proc = spawn.spawn(["sleep", "60"], [pid.PidNamespace(), cg])
+    assert cg.procs()                                  # child A and sleep are inside
+    cg.release()                                       # not through the Process: kill, then rmdir
+    assert proc.wait(timeout=10) == -9
+    assert not any(os.path.exists(p) for p in cg.paths())
+    proc.release()
+
+
+def test_a_crashed_lab_leaves_no_attached_loop_device(no_leaks):
+    """LO_FLAGS_AUTOCLEAR: the kernel detaches the device when its last user is gone;
+    the backing file left behind is what `labkit cleanup` (loopdev.remove_leftovers) deletes."""
+    import subprocess
+
+    from labkit.loopdev import BACKING_DIR, remove_leftovers
+
+    name = f"t-crash-{os.getpid()}"
+    code = f"from labkit.loopdev import LoopDevice; import os; d = LoopDevice({name!r}, '1M'); print(d.attach()); os._exit(9)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    device = out.stdout.strip()
+    assert device.startswith("/dev/loop"), out.stderr
+    for _ in range(200):
+        if device not in labkit_loop_devices():
+            break
+        time.sleep(0.01)
+    assert device not in labkit_loop_devices()
+    leftover = f"{BACKING_DIR}/labkit-{name}.img"
+    assert os.path.exists(leftover)
+    assert f"file {leftover}" in remove_leftovers()
+    assert not os.path.exists(leftover)

@@ -187,33 +187,36 @@ class Cgroup(Primitive):
         # on v2: its core files (cgroup.kill, cgroup.events, cpu.stat) work anyway.
         self.v2 = v2.V2Group(unified, name, on("v2")) if unified else None
         self.v1 = v1.V1Group(v1_mounts, name, on("v1")) if on("v1") else None
-        self.created = False
+        self.made: list[v1.V1Group | v2.V2Group] = []
 
     def paths(self) -> list[str]:
         """Every directory of the group, v2 first."""
         return ([self.v2.path] if self.v2 else []) + (self.v1.all_dirs() if self.v1 else [])
 
     def prepare(self) -> None:
-        """Make the group in each hierarchy and write each limit's file."""
-        if self.created:
+        """Make the group in each hierarchy and write each limit's file.
+        On any failure (also an interrupt) what this call made is removed again."""
+        if self.made:
             return
-        self.created = True
         try:
-            if self.v2:
-                self.v2.create()
-            if self.v1:
-                self.v1.create()
+            for group in (self.v2, self.v1):
+                if group:
+                    group.create()                # V1Group.create undoes its own on failure
+                    self.made.append(group)
             for row in LIMITS:
                 if row.name in self.values:
                     self._set(row)
         except FileExistsError:
-            self.created = False          # not ours: leave it
+            self.release()
             raise LabkitError(f"cgroup labkit/{self.group} exists already",
                               "choose another name, or run `labkit cleanup` to remove leftovers") from None
         except OSError as e:
             self.release()
             raise LabkitError(f"cannot set up cgroup labkit/{self.group}: {e.strerror} ({e.filename})",
                               "check `labkit doctor`; the value may be outside what the kernel accepts") from None
+        except BaseException:
+            self.release()
+            raise
 
     def _set(self, row: Limit) -> None:
         value = self.values[row.name]
@@ -277,17 +280,11 @@ class Cgroup(Primitive):
         return {"io_rbytes": found.get("rbytes", 0), "io_wbytes": found.get("wbytes", 0)}
 
     def release(self) -> None:
-        """Kill every process still inside, then remove the group. Safe twice."""
-        if not self.created:
-            return
-        if self.v2:
-            self.v2.kill()
-        if self.v1:
-            self.v1.kill()
-            self.v1.remove()
-        if self.v2:
-            self.v2.remove()
-        self.created = False
+        """Kill every process still inside, then remove the groups this object made. Safe twice."""
+        for group in self.made:                   # v2 first: cgroup.kill is atomic
+            group.kill()
+        while self.made:
+            self.made.pop().remove()              # v1 (if made) before v2
 
     def __enter__(self) -> "Cgroup":
         self.prepare()

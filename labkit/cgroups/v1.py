@@ -66,9 +66,17 @@ class V1Group:
         return list(dict.fromkeys(d for dirs in self.dirs.values() for d in dirs))
 
     def create(self) -> None:
-        for d in self.all_dirs():
-            os.makedirs(os.path.dirname(d), exist_ok=True)
-            os.mkdir(d)
+        """mkdir the group in each hierarchy; on failure remove those made."""
+        made: list[str] = []
+        try:
+            for d in self.all_dirs():
+                os.makedirs(os.path.dirname(d), exist_ok=True)
+                os.mkdir(d)
+                made.append(d)
+        except BaseException:
+            for d in reversed(made):
+                os.rmdir(d)
+            raise
 
     def path(self, controller: str, file: str) -> str:
         """The file in whichever of the controller's hierarchies has it."""
