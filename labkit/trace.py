@@ -55,6 +55,10 @@ EVENTS = (
     "sched/sched_process_fork", "sched/sched_process_exec", "sched/sched_process_exit",
 )
 
+# Events of cgroup:* that say how the kernel locks its statistics, not what it checked.
+QUIET = ("cgroup/cgroup_rstat_locked", "cgroup/cgroup_rstat_unlock",
+         "cgroup/cgroup_rstat_lock_contended")
+
 # Capability numbers, from include/uapi/linux/capability.h (capabilities(7)).
 CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
@@ -111,7 +115,11 @@ NO_LIMIT_V1 = 0x7FFFFFFFFFFFF000            # memory.limit_in_bytes when unlimit
 
 # labkit's reading of a failure (a table, not a kernel event): an errno that,
 # from a syscall consulting a namespace, means the lookup there found nothing.
-NAMESPACE_ERRNOS = {"ENOENT", "EADDRINUSE", "EADDRNOTAVAIL", "ESRCH", "ENETUNREACH", "ECHILD"}
+NAMESPACE_ERRNOS = {"ENOENT", "EADDRINUSE", "EADDRNOTAVAIL", "ESRCH", "ENETUNREACH"}
+
+# A fork's child starts inside the kernel and leaves it through sys_exit (ret 0)
+# without a sys_enter of its own: its record's args say so.
+CHILD_RETURN = "(no sys_enter: a new child returning from fork, or a lost event)"
 
 # The seed's five steps, in the order the kernel takes them.
 STEPS = ("syscall", "namespace", "cgroup", "capability", "execute")
@@ -141,9 +149,9 @@ class Event:
             verdict = "refused" if int(f.get("ret", 0)) else "granted"
             return f"{capname} checked in {trace.user_ns_of(f)}: {verdict}"
         if self.name in ("signal_generate", "signal_deliver"):
-            return f"{self.name} sig={f.get('sig')}" + (f" to pid {f['pid']}" if "pid" in f else "")
+            return f"{self.name} sig={f.get('sig')}" + (f" to host PID {f['pid']}" if "pid" in f else "")
         if self.name == "mark_victim":
-            return f"OOM killer chose pid {f.get('pid')}"
+            return f"OOM killer chose host PID {f.get('pid')}"
         return f"{self.name} " + " ".join(f"{k}={v}" for k, v in f.items())
 
 
@@ -273,6 +281,9 @@ class Trace(Primitive):
         for event in EVENTS:
             if os.path.exists(f"{self.dir}/events/{event}/enable"):
                 _write(f"{self.dir}/events/{event}/enable", "1")
+        for event in QUIET:                             # cgroup:* but the statistics' locking
+            if os.path.exists(f"{self.dir}/events/{event}/enable"):
+                _write(f"{self.dir}/events/{event}/enable", "0")
         self.host_ns = {ns: kernel.ns_inode("self", ns) for ns in kernel.NAMESPACES}
 
     def join(self, pid: int) -> None:
@@ -339,8 +350,8 @@ class Trace(Primitive):
                 records.append(rec)
             elif e.name == "sys_exit":
                 rec = open_calls.pop(e.pid, None)
-                if rec is None:                 # its sys_enter was lost
-                    rec = Record(e.pid, syscall_name(int(e.fields["NR"])), e.ts)
+                if rec is None:                 # a new child's return from fork, or a lost sys_enter
+                    rec = Record(e.pid, syscall_name(int(e.fields["NR"])), e.ts, args=[CHILD_RETURN])
                     records.append(rec)
                 rec.ret, rec.end = int(e.fields["ret"]), e.ts
             elif e.name == "cap_capable_ret" and e.pid in open_calls:
@@ -379,6 +390,8 @@ class Trace(Primitive):
     def _verdict(self, rec: Record) -> tuple[str, str]:
         """(verdict, deciding step): from the result and the events inside the call."""
         names = {e.name for e in rec.events}
+        if "mark_victim" in names:                  # the memory cgroup's OOM killer chose it
+            return "killed by the OOM killer", "cgroup"
         if rec.syscall.startswith("["):
             step = "cgroup" if "mark_victim" in names else "execute"
             return "kernel event", step

@@ -8,6 +8,8 @@ outcome is highlighted, red when the call failed there.
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
@@ -27,7 +29,7 @@ def step_texts(trace: Trace, rec: Record) -> dict[str, str]:
                       "[namespaces(7) table]") if rec.namespace else "no namespace\nconsulted",
         "cgroup": (f"{cg['controller']}: limit {cg.get('limit') or 'none'}\n"
                    f"peak usage {cg.get('usage')}") if cg else "no cgroup limit\napplies",
-        "capability": "\n".join(sorted(set(caps))[:3]).replace(" checked in ", "\nin ")
+        "capability": "\n".join(sorted(set(caps))[:3])
                       if caps else ("no capability check" if trace.capability_source
                                     else "capability checks\nnot traceable here"),
         "execute": f"{rec.result()}\n{rec.verdict}",
@@ -45,7 +47,8 @@ def draw(trace: Trace, rec: Record, ax: plt.Axes | None = None) -> Figure:
         color = ("#e06666" if failed else "#93c47d") if deciding else "#eeeeee"
         ax.add_patch(plt.Rectangle((i * 1.2, 0), 1.0, 1.0, color=color, ec="black"))
         ax.text(i * 1.2 + 0.5, 0.85, TITLES[step], ha="center", fontsize=9, weight="bold")
-        ax.text(i * 1.2 + 0.5, 0.42, texts[step], ha="center", va="center", fontsize=7.5)
+        wrapped = "\n".join(textwrap.fill(line, 22) for line in texts[step].split("\n"))
+        ax.text(i * 1.2 + 0.5, 0.42, wrapped, ha="center", va="center", fontsize=7.5)
         if i:
             ax.annotate("", (i * 1.2, 0.5), (i * 1.2 - 0.2, 0.5), arrowprops={"arrowstyle": "->"})
     ax.set_xlim(-0.1, len(STEPS) * 1.2)
