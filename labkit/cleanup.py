@@ -115,6 +115,22 @@ def remove_trace_instances() -> list[str]:
     return removed
 
 
+def remove_kprobes() -> list[str]:
+    """Remove kprobe events of groups labkit_* (the cap_capable fallback of trace.py):
+    writing ``-:GROUP/EVENT`` to kprobe_events deletes one (kprobetrace.rst)."""
+    removed = []
+    path = os.path.join(os.path.dirname(TRACE_INSTANCES), "kprobe_events")
+    if os.path.exists(path):
+        with open(path) as f:
+            names = [line.split()[0].split(":", 1)[1] for line in f if line.strip()]
+        for name in names:
+            if name.startswith("labkit_"):
+                with open(path, "a") as f:
+                    f.write(f"-:{name}\n")
+                removed.append(f"kprobe event {name}")
+    return removed
+
+
 def remove_links() -> list[str]:
     """Delete links named lk* and the bridge labkit0 (through netlink, pyroute2)."""
     from pyroute2 import IPRoute  # imported here: only cleanup needs netlink
@@ -136,7 +152,7 @@ def remove_loop_devices() -> list[str]:
     return remove_leftovers()
 
 
-STEPS = (remove_cgroups, remove_trace_instances, remove_mounts, remove_loop_devices, remove_netns,
+STEPS = (remove_cgroups, remove_trace_instances, remove_kprobes, remove_mounts, remove_loop_devices, remove_netns,
          remove_links)
 
 

@@ -46,6 +46,14 @@ def _trace_instances() -> set[str]:
     return {n for n in os.listdir(path) if n.startswith("labkit")} if os.path.isdir(path) else set()
 
 
+def _kprobes() -> set[str]:
+    path = "/sys/kernel/tracing/kprobe_events"
+    if not os.path.exists(path):
+        return set()
+    with open(path) as f:
+        return {line.split()[0] for line in f if "labkit_" in line.split()[0]}
+
+
 def _netns() -> set[str]:
     return {n for n in os.listdir("/run/netns") if n.startswith("labkit")} if os.path.isdir("/run/netns") else set()
 
@@ -75,6 +83,7 @@ def snapshot() -> dict[str, set]:
         "cgroups": _cgroups(),
         "links": _links(),
         "tracefs instances": _trace_instances(),
+        "kprobe events": _kprobes(),
         "named netns": _netns(),
         "overlay dirs": _overlay_dirs(),
         "loop devices": _loop_devices(),

@@ -180,3 +180,22 @@ def test_cli_trace_as_non_root_is_one_line_and_125():
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 125
     assert stderr.count("\n") == 1 and "root" in stderr
+
+
+# --- the views ----------------------------------------------------------------
+
+def test_views_draw_the_five_steps_timeline_summary_and_mermaid_of_a_real_trace(no_leaks):
+    import matplotlib
+    matplotlib.use("Agg")
+    from labkit.viz import trace_mermaid, trace_steps, trace_summary, trace_timeline
+
+    tr, _ = traced(["hostname", "traced"], pid.PidNamespace(), uts.UtsNamespace(), caps.Capabilities())
+    rec = calls(tr, "sethostname")[0]
+    texts = trace_steps.step_texts(tr, rec)
+    assert "uts ns (container's)" in texts["namespace"] and "refused" in texts["capability"]
+    assert trace_steps.draw(tr, rec).axes[0].get_title().endswith("decided at step 'capability'")
+    assert trace_timeline.draw(tr, tr.command_records()) is not None
+    assert trace_timeline.draw_cases({"denied": tr}) is not None
+    assert "uts ns (container's)" in trace_summary.text(tr, tr.command_records())
+    diagram = trace_mermaid.sequence(tr, [rec])
+    assert diagram.startswith("sequenceDiagram") and "K--xApp: -1 EPERM (decided at capability)" in diagram
