@@ -20,8 +20,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -138,6 +142,15 @@ HOST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
             "HOME": "/root", "LANG": "C.UTF-8", "PIP_CERT": HOST_CA_BUNDLE}
 
 
+def assert_namespace_gone(mnt: int) -> None:
+    """No process is left in the mount namespace ``mnt`` (so its mounts are gone)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            assert os.stat(f"/proc/{pid}/ns/mnt").st_ino != mnt, f"PID {pid} still holds the chroot's mounts"
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+
+
 def run_contained(argv: list[str], prim: spawn.Primitive, timeout: float) -> spawn.Result:
     """Run ``argv`` to completion under ``prim``; check its mount namespace is gone after."""
     with spawn.spawn(argv, [prim], env=HOST_ENV) as proc:
@@ -146,12 +159,20 @@ def run_contained(argv: list[str], prim: spawn.Primitive, timeout: float) -> spa
             proc.kill()      # PID 1 of its namespace: the kernel kills the rest
             proc.wait()
             pytest.fail(f"{argv} did not finish within {timeout} s:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            assert os.stat(f"/proc/{pid}/ns/mnt").st_ino != mnt, f"PID {pid} still holds the chroot's mounts"
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            pass
+    assert_namespace_gone(mnt)
     return spawn.Result(proc.returncode or 0, proc.stdout, proc.stderr)
+
+
+def remove_stale(parent: str, prefix: str) -> None:
+    """Remove ``parent/prefix<PID>-*`` directories whose test process is dead
+    (left by a run that was killed before its cleanup)."""
+    if not os.path.isdir(parent):
+        return
+    for name in os.listdir(parent):
+        match = re.fullmatch(re.escape(prefix) + r"(\d+)-\w+", name)
+        path = os.path.join(parent, name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}") and not host_mounts_under(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def fresh_root_tarball() -> str:
@@ -164,7 +185,8 @@ def fresh_root_tarball() -> str:
     if not shutil.which("debootstrap"):
         pytest.fail("debootstrap is not installed: scripts/setup.sh --test installs it")
     os.makedirs(CACHE, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="build-", dir=CACHE)
+    remove_stale(CACHE, "build-")
+    work = tempfile.mkdtemp(prefix=f"build-{os.getpid()}-", dir=CACHE)
     try:
         # debootstrap mounts /proc and /sys in the new root itself: in a private
         # mount namespace those mounts cannot outlive it, even if it fails.
@@ -202,7 +224,8 @@ def host_mounts_under(path: str) -> list[str]:
 def fresh_root():
     """A new copy of the fresh Debian root with this repository at /labkit."""
     tarball = fresh_root_tarball()
-    root = tempfile.mkdtemp(prefix="labkit-fresh-root-", dir="/var/tmp")
+    remove_stale("/var/tmp", "labkit-fresh-root-")
+    root = tempfile.mkdtemp(prefix=f"labkit-fresh-root-{os.getpid()}-", dir="/var/tmp")
     try:
         subprocess.run(["tar", "-C", root, "--numeric-owner", "-xpf", tarball], check=True)
         for f in repo_files():
@@ -266,3 +289,44 @@ def test_provisioning_a_fresh_debian_twice_changes_nothing_the_second_time(fresh
     assert f"http://127.0.0.1:8888/lab?token={token.group(1)}" in check.stdout
     assert "/opt/labkit/venv/bin/labkit" in check.stdout            # on PATH for login shells
     assert "/labkit/labkit/__init__.py" in check.stdout             # the editable install of /labkit
+
+    # What systemd will run at boot serves JupyterLab to the token only. Run as
+    # systemd would (ExecStart, with the variables of EnvironmentFile= and
+    # Environment=), but on 127.0.0.1 and a free port: the fresh root shares the
+    # host's network namespace.
+    argv = re.search(r"^ExecStart=(.+)$", unit, re.M).group(1).split()
+    argv[argv.index("--ip") + 1] = "127.0.0.1"
+    argv[argv.index("--port") + 1] = port = str(free_port())
+    env = dict(HOST_ENV, JUPYTER_TOKEN=token.group(1),
+               **dict(v.split("=", 1) for v in re.findall(r"^Environment=(.+)$", unit, re.M)))
+    with spawn.spawn(argv, [FreshRoot(fresh_root, binds)], env=env) as server:
+        mnt = server.namespaces()["mnt"]
+        status = f"http://127.0.0.1:{port}/api/status"
+        assert http_code(f"{status}?token={token.group(1)}", server) == 200
+        assert http_code(status, server) == 403
+        assert http_code(f"{status}?token=not-the-token", server) == 403
+    assert_namespace_gone(mnt)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # 127.0.0.1 is direct
+
+
+def http_code(url: str, server: spawn.Process, timeout: float = 60) -> int:
+    """The HTTP status of GET ``url``, waiting up to ``timeout`` s for the server to listen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with NO_PROXY.open(url, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (urllib.error.URLError, ConnectionError):
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"JupyterLab did not answer on {url}: {server.stdout[-2000:]}{server.stderr[-2000:]}")
+            time.sleep(0.5)
