@@ -226,7 +226,31 @@ class Cgroup(Primitive):
             self.v2.write(row.v2_file, row.v2_line(value, self.device))
 
     def join(self, pid: int) -> None:
+        """Put child A in the group; its children (the container) are born there.
+
+        Child A only relays the exit status, but it is a fork of the parent (a
+        notebook kernel, perhaps), so its resident set, shared pages included,
+        can look the largest in the group to the OOM killer. proc(5):
+        oom_score_adj -1000 exempts it, so the OOM killer chooses among the
+        container's own processes (enter() sets them back to 0). Lowering it
+        needs CAP_SYS_RESOURCE; without it, child A stays a candidate.
+        """
         self.add(pid)
+        try:
+            with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+                f.write("-1000")
+        except PermissionError:
+            pass
+
+    def enter(self) -> None:
+        # The container's processes get back the default; raising one's own
+        # oom_score_adj needs no privilege (proc(5)).
+        fd = os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            if os.read(fd, 16).strip() == b"-1000":
+                os.write(fd, b"0")
+        finally:
+            os.close(fd)
 
     def add(self, pid: int) -> None:
         """Move process ``pid`` into the group in every hierarchy."""
