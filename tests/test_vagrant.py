@@ -14,6 +14,7 @@ static program for this machine.
 from __future__ import annotations
 
 import ast
+import errno
 import json
 import os
 import re
@@ -22,6 +23,9 @@ import struct
 import subprocess
 
 import pytest
+
+from labkit import kernel, spawn
+from labkit.errors import KernelError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAGRANT_DIR = os.path.join(REPO, "vagrant")
@@ -200,14 +204,39 @@ def test_kernel_py_syscall_numbers_match_the_kernel_headers():
                 f"{syscall} on {machine} is {numbers[machine]} in kernel.py, the header says {header}"
 
 
-def test_pivot_root_number_is_pivot_root_on_this_kernel(tmp_path):
-    """With this machine's number, the kernel answers as pivot_root(2) does for a
-    new_root that is not a mount point in the caller's namespace: EINVAL."""
-    from labkit import kernel
-    (tmp_path / "old").mkdir()
-    with pytest.raises(OSError) as denied:
-        kernel.pivot_root(str(tmp_path), str(tmp_path / "old"))
-    assert denied.value.errno in (22, 16), denied.value     # EINVAL (or EBUSY), never ENOSYS
+class PivotRoot(spawn.Primitive):
+    """In a new mount namespace, pivot_root(2) into ``new_root`` (bound from
+    ``source`` first when given), putting the old root at ``new_root/tmp``."""
+
+    name = "pivot-root"
+    flags = kernel.CLONE_NEWNS
+
+    def __init__(self, new_root: str, source: str | None) -> None:
+        self.new_root, self.source, self.put_old = new_root, source, f"{new_root}/tmp"
+
+    def enter(self) -> None:
+        kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+        if self.source:
+            kernel.mount(self.source, self.new_root, None, kernel.MS_BIND | kernel.MS_REC)
+        kernel.pivot_root(self.new_root, self.put_old)
+        os.chdir("/")
+
+
+def test_pivot_root_number_really_is_pivot_root_here(tmp_path, no_leaks):
+    """With this machine's number the kernel does what pivot_root(2) says: it
+    refuses a new_root that is not a mount point (EINVAL; EBUSY when it is on
+    the current root's mount), and with a mount point it swaps the roots: the
+    old root then shows under put_old."""
+    new_root = tmp_path / "new"
+    (new_root / "tmp").mkdir(parents=True)
+    with pytest.raises(KernelError) as refused:
+        spawn.run(["true"], [PivotRoot(str(new_root), None)], timeout=30)
+    assert refused.value.errno in (errno.EINVAL, errno.EBUSY) and refused.value.step == "pivot-root: enter"
+
+    (tmp_path / "marker").write_text("old root")
+    seen_from_new_root = f"/tmp{tmp_path}/marker"          # the old root is at /tmp now
+    result = spawn.run(["cat", seen_from_new_root], [PivotRoot(str(new_root), "/")], timeout=30)
+    assert (result.returncode, result.stdout) == (0, "old root"), result.stderr
 
 
 @pytest.mark.parametrize("machine", sorted(HEADERS))
