@@ -39,7 +39,25 @@ from . import kernel
 from .errors import UsageError
 from .spawn import Primitive
 
-RUN_DIR = "/run/labkit"     # per-container overlay upper/work directories live here
+RUN_DIR = "/run/labkit"     # per-container overlay upper/work directories live here (root)
+
+
+def run_dir() -> str:
+    """Where this user's overlay directories go: /run/labkit for root; for a
+    rootless user $XDG_RUNTIME_DIR/labkit, else /tmp/labkit-UID (made 0700 and
+    checked to be the user's own directory, not a link someone else planted)."""
+    uid = os.geteuid()
+    if uid == 0:
+        return RUN_DIR
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    base = runtime if runtime and os.access(runtime, os.W_OK) else "/tmp"
+    path = os.path.join(base, "labkit" if base == runtime else f"labkit-{uid}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+        raise UsageError(f"{path} is not a directory of yours",
+                         "remove it, or set XDG_RUNTIME_DIR to a directory you own")
+    return path
 OLD_ROOT = "/.labkit-oldroot"
 
 # The devices a container gets in its /dev (major, minor), as runc's defaults;
@@ -143,8 +161,10 @@ class MountNamespace(Primitive):
         now: the child only makes syscalls)."""
         self.new_root = self.rootfs
         if self.overlay:
-            os.makedirs(RUN_DIR, exist_ok=True)
-            self.dir = os.path.join(RUN_DIR, f"mnt-{secrets.token_hex(4)}")
+            base = run_dir()
+            if base == RUN_DIR:
+                os.makedirs(RUN_DIR, exist_ok=True)
+            self.dir = os.path.join(base, f"mnt-{secrets.token_hex(4)}")
             self.upper, work = os.path.join(self.dir, "upper"), os.path.join(self.dir, "work")
             self.new_root = os.path.join(self.dir, "merged")
             try:
@@ -214,9 +234,15 @@ class MountNamespace(Primitive):
     def release(self) -> None:
         """Remove the container's upper and work directories. The mounts went
         away with the namespace: they were never in the host's table."""
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
+        if self.dir is not None and os.path.isdir(self.dir):
+            # overlayfs makes work/work with mode 000: only root could enter it,
+            # so a rootless user first gives its own directories back to itself.
+            for parent, dirs, _ in os.walk(self.dir):
+                for d in dirs:
+                    if not os.path.islink(os.path.join(parent, d)):
+                        os.chmod(os.path.join(parent, d), 0o700)
+            shutil.rmtree(self.dir)
+        self.dir = None
 
 
 def _refuse_links(root: str, target: str) -> None:

@@ -169,8 +169,6 @@ def test_rootless_run(no_leaks):
     assert r.stdout.split() == ["0", "rootless", "0", str(NOBODY), "1", "deny", "1"]
 
 
-@pytest.mark.xfail(strict=True, reason="mount.py's prepare() makes the overlay dirs under /run/labkit, "
-                   "which only root may write: without root it fails (with a traceback)")
 def test_rootless_run_with_a_mount_namespace(no_leaks):
     r = _as_nobody("run", "--userns", "--ns", "user,pid,uts,ipc,mount", "--net", "none", "--", "id", "-u")
     assert (r.returncode, r.stdout) == (0, "0\n"), r.stderr
