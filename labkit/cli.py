@@ -104,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"where to build it (default: {rootfs.DEFAULT_ROOTFS})")
     build.add_argument("--from", dest="tarball", metavar="TARBALL",
                        help="import this rootfs tarball (Alpine minirootfs, docker export) instead")
+
+    exercises_cmd = sub.add_parser("exercises", help="make the student notebooks of a class")
+    exercises_sub = exercises_cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    exercises_sub.required = True
+    ex_build = exercises_sub.add_parser("build", help="write student notebooks (answers stubbed, outputs cleared)")
+    ex_build.add_argument("outdir", metavar="OUTDIR", help="the folder to hand out")
+    ex_build.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                          help="solution notebooks (default: every notebooks/NN-*.ipynb)")
+    check = sub.add_parser("check", help="run notebooks headlessly and report each exercise passed or failed")
+    check.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="the notebooks to run and grade")
+    check.add_argument("--json", action="store_true", help="print one JSON document (for a gradebook)")
+    check.add_argument("--timeout", type=int, default=300, metavar="SECONDS",
+                       help="longest a cell may run before it is interrupted (default 300)")
     return parser
 
 
@@ -334,9 +347,50 @@ def cmd_rootfs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exercises_build(args: argparse.Namespace) -> int:
+    """`labkit exercises build OUTDIR [NOTEBOOK...]`: the student versions to hand out."""
+    import glob
+
+    from . import exercises
+
+    notebooks = args.notebooks or sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "[0-9][0-9]-*.ipynb")))
+    if not notebooks:
+        raise UsageError(f"no notebook in {NOTEBOOK_DIR}", "name the solution notebooks to build from")
+    for path, answers in exercises.build(args.outdir, notebooks):
+        print(f"{path}: {answers} answer(s) replaced by a stub")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """`labkit check NOTEBOOK...`: exit 0 when every exercise passed, 1 when any failed."""
+    import json
+
+    from . import exercises
+
+    if args.timeout < 1:
+        raise UsageError(f"--timeout {args.timeout} is not a duration", "give seconds, e.g. 300")
+    for path in args.notebooks:                         # bad input is refused before anything runs
+        exercises.read_notebook(path)
+    reports = []
+    for path in args.notebooks:
+        reports.append(exercises.run(path, timeout=args.timeout))
+        if not args.json:
+            print(exercises.format_report(reports[-1]), flush=True)
+    if args.json:
+        print(json.dumps({"notebooks": [r.as_dict() for r in reports],
+                          "summary": exercises.summary(reports)}, indent=2))
+    else:
+        print(exercises.summary(reports))
+    return 0 if all(r.passed for r in reports) else 1
+
+
+# The repository's solution notebooks (labkit is installed editable from the checkout).
+NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "doctor": cmd_doctor, "cleanup": cmd_cleanup, "rootfs": cmd_rootfs,
-    "trace": cmd_trace,
+    "trace": cmd_trace, "exercises": cmd_exercises_build, "check": cmd_check,
 }
 
 

@@ -1,0 +1,202 @@
+"""Classroom exercises: student notebooks from the solution notebooks, and their grading.
+
+An exercise in a labkit notebook is a markdown cell stating the task, a code
+cell whose answer stands between the lines ``### BEGIN SOLUTION`` and
+``### END SOLUTION``, and one check cell that tests the answer against the live
+kernel and prints ``exercise N: passed`` or ``exercise N: hint: ...``.
+
+- ``build()`` writes the student version of a notebook: each answer becomes
+  ``...`` at the marker's indentation, every output is cleared, and the
+  notebook's metadata says it is a student version.
+- ``check()`` runs a notebook headlessly (nbclient: a real Jupyter kernel,
+  errors allowed so that one broken cell does not hide the other exercises, a
+  timeout per cell) and collects every ``exercise N: ...`` line it printed.
+
+nbformat and nbclient are imported here only: the ``labkit run`` path never
+imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+
+import nbformat
+
+from .errors import LabkitError, UsageError
+
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+STUB = "..."
+# What a check cell prints, one line per exercise (the notebooks' convention).
+RESULT_LINE = re.compile(r"^exercise (\d+): (passed|hint: .*)$", re.MULTILINE)
+CHECK_FUNCTION = re.compile(r"^def check_exercise_(\d+)\(", re.MULTILINE)
+EXPECTED_ERROR = "NBVAL_RAISES_EXCEPTION"       # a cell that raises on purpose (nbval's mark)
+
+
+@dataclass
+class Exercise:
+    number: int
+    passed: bool
+    hint: str = ""
+
+
+@dataclass
+class Report:
+    """What one notebook's run showed: its exercises and the cells that crashed."""
+
+    path: str
+    exercises: list[Exercise] = field(default_factory=list)
+    crashed: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.exercises) and all(e.passed for e in self.exercises)
+
+    def as_dict(self) -> dict:
+        return {"notebook": self.path, "passed": self.passed, "crashed_cells": self.crashed,
+                "exercises": [{"exercise": e.number, "passed": e.passed, "hint": e.hint}
+                              for e in self.exercises]}
+
+
+def read_notebook(path: str) -> nbformat.NotebookNode:
+    """The notebook at ``path``, or a one-line error saying why it is not one."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such notebook file", "give the path of an .ipynb file")
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as e:                           # JSON errors, schema errors, bad encoding
+        raise UsageError(f"{path} is not a Jupyter notebook ({type(e).__name__})",
+                         "give an .ipynb file saved by Jupyter") from None
+
+
+def stub_answers(source: str, where: str = "cell") -> str:
+    """The cell's source with each answer block replaced by ``...`` at the
+    indentation of its BEGIN line (marker lines left out)."""
+    out: list[str] = []
+    inside = False
+    for line in source.splitlines():
+        marker = line.strip()
+        if marker == BEGIN:
+            if inside:
+                raise LabkitError(f"{where}: {BEGIN} inside another answer", f"close it with {END}")
+            inside = True
+            out.append(line[: len(line) - len(line.lstrip())] + STUB)
+        elif marker == END:
+            if not inside:
+                raise LabkitError(f"{where}: {END} without {BEGIN}", "pair the markers")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise LabkitError(f"{where}: {BEGIN} without {END}", "close the answer with its END marker")
+    return "\n".join(out)
+
+
+def student_version(nb: nbformat.NotebookNode, name: str) -> tuple[nbformat.NotebookNode, int]:
+    """A copy of ``nb`` with answers stubbed and outputs cleared; and how many answers."""
+    student = nbformat.from_dict(nb)
+    answers = 0
+    for index, cell in enumerate(student.cells):
+        if cell.cell_type != "code":
+            continue
+        if BEGIN in cell.source:
+            answers += cell.source.count(BEGIN)
+            cell.source = stub_answers(cell.source, f"{name} cell {index}")
+        cell.outputs = []
+        cell.execution_count = None
+    student.metadata["labkit"] = {"student_version": True, "solution": name}
+    return student, answers
+
+
+def build(outdir: str, notebooks: list[str]) -> list[tuple[str, int]]:
+    """Write the student version of each notebook into ``outdir``: (path, answers) each."""
+    students = []
+    for path in notebooks:
+        nb = read_notebook(path)
+        name = os.path.basename(path)
+        if os.path.realpath(os.path.join(outdir, name)) == os.path.realpath(path):
+            raise UsageError(f"{outdir} holds the solution notebook {name}",
+                             "build the student versions into another folder")
+        students.append((os.path.join(outdir, name), *student_version(nb, name)))
+    os.makedirs(outdir, exist_ok=True)
+    written = []
+    for target, student, answers in students:
+        nbformat.write(student, target)
+        written.append((target, answers))
+    return written
+
+
+def _text_of(output: nbformat.NotebookNode) -> str:
+    if output.output_type == "stream":
+        return output.text
+    return output.get("data", {}).get("text/plain", "")
+
+
+def _expects_error(cell: nbformat.NotebookNode) -> bool:
+    return EXPECTED_ERROR in cell.source or "raises-exception" in cell.metadata.get("tags", [])
+
+
+def grade(path: str, nb: nbformat.NotebookNode) -> Report:
+    """Read an executed notebook: every exercise line printed, every unexpected error."""
+    report = Report(path)
+    found: dict[int, Exercise] = {}
+    checks: dict[int, str] = {}                      # exercise number -> why its check printed nothing
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        for number in CHECK_FUNCTION.findall(cell.source):
+            why = f"{errors[0].ename}: {errors[0].evalue}" if errors else "it printed no result"
+            checks[int(number)] = f"hint: its check cell (cell {index}) did not finish ({why})"
+        if errors and not _expects_error(cell):
+            report.crashed.append(f"cell {index}: {errors[0].ename}: {errors[0].evalue}")
+        for output in cell.outputs:
+            for number, verdict in RESULT_LINE.findall(_text_of(output)):
+                found[int(number)] = Exercise(int(number), verdict == "passed",
+                                              "" if verdict == "passed" else verdict[len("hint: "):])
+    for number, why in checks.items():
+        found.setdefault(number, Exercise(number, False, why[len("hint: "):]))
+    report.exercises = [found[n] for n in sorted(found)]
+    return report
+
+
+def run(path: str, timeout: int = 300) -> Report:
+    """Execute the notebook at ``path`` in a fresh kernel (in its own folder) and grade it."""
+    from jupyter_client import KernelManager
+    from nbclient import NotebookClient
+
+    nb = read_notebook(path)
+    # The kernel runs as root: talk to it over Unix sockets in a private folder, not TCP.
+    with tempfile.TemporaryDirectory(prefix="labkit-check-") as sockets:
+        kernel = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sockets, "kernel"))
+        client = NotebookClient(nb, km=kernel, timeout=timeout, allow_errors=True, interrupt_on_timeout=True,
+                                resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}})
+        try:
+            client.execute()
+        except Exception as e:                       # the kernel died or could not start
+            report = grade(path, nb)
+            report.crashed.append(f"the kernel stopped: {type(e).__name__}: {e}".splitlines()[0])
+            return report
+    return grade(path, nb)
+
+
+def format_report(report: Report) -> str:
+    """The lines a student or an instructor reads for one notebook."""
+    lines = [f"{report.path}:"]
+    for e in report.exercises:
+        lines.append(f"  exercise {e.number}: " + ("passed" if e.passed else f"FAILED, hint: {e.hint}"))
+    if not report.exercises:
+        lines.append("  no exercise found (no `exercise N: ...` line and no check_exercise_N cell)")
+    for crash in report.crashed:
+        lines.append(f"  crashed: {crash}")
+    return "\n".join(lines)
+
+
+def summary(reports: list[Report]) -> str:
+    exercises = [e for r in reports for e in r.exercises]
+    done = sum(e.passed for e in exercises)
+    return (f"{done} of {len(exercises)} exercises passed in {len(reports)} notebook(s); "
+            f"{sum(r.passed for r in reports)} notebook(s) complete")
