@@ -11,6 +11,7 @@ are safe to call in a child between fork(2) and execve(2).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 # CDLL(None) is the running program, which links the C library (glibc or musl).
@@ -60,7 +61,20 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 
-_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
+# Syscall numbers for the calls libc has no wrapper for, by machine
+# (arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h).
+_SYSCALL_NUMBERS = {
+    "pivot_root": {"x86_64": 155, "aarch64": 41},
+    "finit_module": {"x86_64": 313, "aarch64": 273},
+}
+
+
+def _syscall(name: str, *args: object) -> int:
+    """syscall(2) by name; ENOSYS where labkit does not know this machine's number."""
+    number = _SYSCALL_NUMBERS[name].get(os.uname().machine)
+    if number is None:
+        raise OSError(errno.ENOSYS, f"{name}: labkit knows no syscall number for {os.uname().machine}")
+    return _check(_libc.syscall(ctypes.c_long(number), *args), name)
 
 
 def _check(result: int, syscall: str, subject: str = "") -> int:
@@ -128,8 +142,7 @@ def pivot_root(new_root: str, put_old: str) -> None:
     current root nor new_root may have shared propagation. The old root is
     moved to put_old, from where it can then be unmounted.
     """
-    _check(_libc.syscall(ctypes.c_long(_SYS_PIVOT_ROOT),
-                         _path(new_root), _path(put_old)), "pivot_root")
+    _syscall("pivot_root", _path(new_root), _path(put_old))
 
 
 def sethostname(name: str) -> None:
@@ -227,9 +240,6 @@ PR_CAP_AMBIENT_IS_SET = 1
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
-_SYS_FINIT_MODULE = {"x86_64": 313, "aarch64": 273}[os.uname().machine]
-
-
 def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
     """Load the kernel module in the open file ``fd``.
 
@@ -238,8 +248,7 @@ def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
     call fails with EPERM whatever ``fd`` is. A kernel built without module
     support (CONFIG_MODULES=n) answers ENOSYS to everyone, before any check.
     """
-    _check(_libc.syscall(ctypes.c_long(_SYS_FINIT_MODULE), ctypes.c_int(fd),
-                         params.encode(), ctypes.c_int(flags)), "finit_module")
+    _syscall("finit_module", ctypes.c_int(fd), params.encode(), ctypes.c_int(flags))
 
 
 # Network device ioctls, from <linux/sockios.h> and <net/if.h>; see netdevice(7).
@@ -277,3 +286,47 @@ def link_up(ifname: str) -> None:
                "ioctl(SIOCSIFFLAGS)", ifname)
     finally:
         os.close(sock)
+
+
+# seccomp(2) through prctl(2), from <linux/prctl.h> and <linux/seccomp.h>.
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+class SockFilter(ctypes.Structure):
+    """struct sock_filter: one classic BPF instruction (8 bytes), see seccomp(2)."""
+
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    """struct sock_fprog: the number of instructions and a pointer to them."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def seccomp_set_filter(prog: SockFprog) -> None:
+    """Install the classic BPF program ``prog`` as a seccomp filter of the caller.
+
+    seccomp(2) (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)): the caller
+    needs no_new_privs set or CAP_SYS_ADMIN in its user namespace, else EACCES.
+    The filter is kept across fork(2), clone(2) and execve(2) and can never be
+    removed; every later syscall of the thread and its children runs it first.
+    """
+    _check(_libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                       ctypes.byref(prog), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+           "prctl(PR_SET_SECCOMP)")
+
+
+TIOCSCTTY = 0x540E     # <asm-generic/ioctls.h> (x86_64 and aarch64)
+
+
+def set_controlling_terminal(fd: int) -> None:
+    """Make the terminal open on ``fd`` the caller's controlling terminal.
+
+    ioctl_tty(2) TIOCSCTTY: the caller must be a session leader (setsid(2)
+    first) without a controlling terminal yet.
+    """
+    _check(_libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(TIOCSCTTY), ctypes.c_int(0)),
+           "ioctl(TIOCSCTTY)")

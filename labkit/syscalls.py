@@ -154,7 +154,7 @@ AARCH64: dict[int, str] = {
     237: "set_mempolicy", 238: "migrate_pages", 239: "move_pages", 240: "rt_tgsigqueueinfo",
     241: "perf_event_open", 242: "accept4", 243: "recvmmsg",
     260: "wait4", 261: "prlimit64", 262: "fanotify_init", 263: "fanotify_mark",
-    266: "clock_adjtime", 267: "syncfs", 268: "setns", 269: "sendmmsg",
+    264: "name_to_handle_at", 265: "open_by_handle_at", 266: "clock_adjtime", 267: "syncfs", 268: "setns", 269: "sendmmsg",
     270: "process_vm_readv", 271: "process_vm_writev", 272: "kcmp", 273: "finit_module",
     274: "sched_setattr", 275: "sched_getattr", 276: "renameat2", 277: "seccomp",
     278: "getrandom", 279: "memfd_create", 280: "bpf", 281: "execveat", 282: "userfaultfd",
