@@ -13,7 +13,6 @@ static program for this machine.
 
 from __future__ import annotations
 
-import ast
 import errno
 import json
 import os
