@@ -53,6 +53,10 @@ class Primitive:
     run in the order the primitives are given; ``release()`` in reverse order.
 
     - ``prepare()``: in the parent, before fork (create what must exist first).
+    - ``setns()``: in child A, right after its unshare(2): join namespaces that
+      exist already (setns(2), what ``labkit exec`` does). A joined PID
+      namespace applies to children only, so a primitive that joins one sets
+      ``joins_pid_namespace`` and child A forks PID 1's sibling as child B.
     - ``join(pid)``: in the parent, once child A has unshared (write its maps,
       move a link into its network namespace, put it in a cgroup).
     - ``enter()``: in the child about to execve (only syscalls, see module doc).
@@ -63,8 +67,12 @@ class Primitive:
 
     name = "primitive"
     flags = 0
+    joins_pid_namespace = False
 
     def prepare(self) -> None:
+        pass
+
+    def setns(self) -> None:
         pass
 
     def join(self, pid: int) -> None:
@@ -180,11 +188,13 @@ class Process:
 
 
 def spawn(argv: Sequence[str], primitives: Iterable[Primitive] = (), *,
-          env: dict[str, str] | None = None, capture: bool = True) -> Process:
+          env: dict[str, str] | None = None, capture: bool = True,
+          stdio: tuple[int, int, int] | None = None) -> Process:
     """Start ``argv`` in new namespaces made by ``primitives``; return once it runs.
 
     With ``capture`` the command's stdin is /dev/null and its stdout/stderr are
-    kept for ``Process.stdout``/``stderr``; without, it shares the caller's.
+    kept for ``Process.stdout``/``stderr``; without, it shares the caller's, or
+    uses the descriptors ``stdio`` (stdin, stdout, stderr: a pty's slave side).
     Raises LabkitError (nothing left behind) when a step fails.
     """
     if not argv:
@@ -193,7 +203,7 @@ def spawn(argv: Sequence[str], primitives: Iterable[Primitive] = (), *,
     try:
         for p in prims:
             p.prepare()
-        return _launch(list(argv), prims, dict(env or DEFAULT_ENV), capture)
+        return _launch(list(argv), prims, dict(env or DEFAULT_ENV), capture, stdio)
     except BaseException:
         _release(prims)     # all of them: a failed prepare() may have half-made its object
         raise
@@ -212,10 +222,12 @@ def run(argv: Sequence[str], primitives: Iterable[Primitive] = (), *,
 
 
 def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
-            capture: bool) -> Process:
+            capture: bool, given: tuple[int, int, int] | None = None) -> Process:
     flags = 0
+    fork_b = False
     for p in prims:
         flags |= p.flags
+        fork_b |= p.joins_pid_namespace
     status_r, status_w = os.pipe2(os.O_CLOEXEC)   # children -> parent; EOF = exec'd
     go_r, go_w = os.pipe2(os.O_CLOEXEC)           # parent -> child A: "G"
     exit_r, exit_w = os.pipe2(os.O_CLOEXEC)       # child A -> parent: B's wait status
@@ -223,10 +235,12 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
     err = tempfile.TemporaryFile() if capture else None
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if capture else 0
     stdio = (stdin, out.fileno() if out else 1, err.fileno() if err else 2)
+    if given is not None and not capture:
+        stdio = given
 
     pid_a = os.fork()
     if pid_a == 0:
-        _child_a(argv, prims, env, flags, stdio, status_w, go_r, exit_w)  # never returns
+        _child_a(argv, prims, env, flags, fork_b, stdio, status_w, go_r, exit_w)  # never returns
     for fd in (status_w, go_r, exit_w) + ((stdin,) if capture else ()):
         os.close(fd)
 
@@ -250,17 +264,21 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
 
 
 def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags: int,
-             stdio: tuple[int, int, int], status_w: int, go_r: int, exit_w: int) -> None:
-    """Child A: unshare, wait for the parent's joins, then become or fork PID 1."""
+             fork_b: bool, stdio: tuple[int, int, int], status_w: int, go_r: int,
+             exit_w: int) -> None:
+    """Child A: unshare (or setns), wait for the parent's joins, then become or fork PID 1."""
     step = "prctl(PR_SET_PDEATHSIG)"
     try:
         kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)   # parent dies -> we die
         step = "unshare"
         kernel.unshare(flags)
+        for p in prims:
+            step = f"{p.name}: setns"
+            p.setns()
         os.write(status_w, b"U\n")
         if os.read(go_r, 1) != b"G":
             os._exit(125)                           # the parent gave up
-        if not flags & kernel.CLONE_NEWPID:
+        if not (flags & kernel.CLONE_NEWPID or fork_b):
             os.write(status_w, b"P%d\n" % os.getpid())
             _exec_child(argv, prims, env, stdio, status_w)
         pid_b = os.fork()

@@ -2,7 +2,8 @@
 # Install everything the lab needs on a Debian/Ubuntu host, as root. Idempotent:
 # a second run installs nothing and changes nothing.
 #   Debian packages: busybox-static (the containers' root filesystem), strace,
-#   iproute2, util-linux (unshare, for comparison), runc and bubblewrap (benchmarks).
+#   iproute2, util-linux (unshare, for comparison), runc and bubblewrap (benchmarks),
+#   libseccomp2 (the seccomp filter, through pyseccomp).
 #   A Python virtual environment in $LABKIT_VENV (default: .venv in the repository)
 #   with requirements.txt and labkit itself (pip install -e).
 #   With --test (what `./lab test` and CI use), also the test suite's tools:
@@ -12,7 +13,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${LABKIT_VENV:-$repo/.venv}
-packages=(busybox-static strace iproute2 util-linux runc bubblewrap python3-venv ca-certificates)
+packages=(busybox-static strace iproute2 util-linux runc bubblewrap libseccomp2 python3-venv ca-certificates)
 case "${1:-}" in
 "") ;;
 --test) packages+=(shellcheck vagrant debootstrap linux-libc-dev git) ;;

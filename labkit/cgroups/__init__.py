@@ -154,10 +154,12 @@ class Cgroup(Primitive):
 
     ``Cgroup("web", cpu=0.5, memory="64M", pids=32, io_write_bps="2MB/s",
     io_device="/dev/loop3")``; the I/O limits apply to ``io_device``'s disk
-    (default: the disk holding /). As a Primitive, prepare() makes the group and
-    writes the limits, join(pid) moves child A into it (its children inherit
-    the group, cgroups(7)), release() kills what is left and removes it. As a
-    context manager it does prepare() and release() around a block.
+    (default: the disk holding /). As a Primitive, prepare() makes the group,
+    writes the limits and opens each hierarchy's ``cgroup.procs``; enter() (in
+    the container's first process, before any other enter()) writes "0" to them,
+    which moves the writer itself (cgroups(7)); its children inherit the group.
+    release() kills what is left and removes it. As a context manager it does
+    prepare() and release() around a block.
     """
 
     name = "cgroup"
@@ -188,6 +190,7 @@ class Cgroup(Primitive):
         self.v2 = v2.V2Group(unified, name, on("v2")) if unified else None
         self.v1 = v1.V1Group(v1_mounts, name, on("v1")) if on("v1") else None
         self.made: list[v1.V1Group | v2.V2Group] = []
+        self.procs_fds: list[int] = []
 
     def paths(self) -> list[str]:
         """Every directory of the group, v2 first."""
@@ -206,6 +209,9 @@ class Cgroup(Primitive):
             for row in LIMITS:
                 if row.name in self.values:
                     self._set(row)
+            for path in self.paths():
+                self.procs_fds.append(os.open(os.path.join(path, "cgroup.procs"),
+                                              os.O_WRONLY | os.O_CLOEXEC))
         except FileExistsError:
             self.release()
             raise LabkitError(f"cgroup labkit/{self.group} exists already",
@@ -225,32 +231,18 @@ class Cgroup(Primitive):
         else:
             self.v2.write(row.v2_file, row.v2_line(value, self.device))
 
-    def join(self, pid: int) -> None:
-        """Put child A in the group; its children (the container) are born there.
-
-        Child A only relays the exit status, but it is a fork of the parent (a
-        notebook kernel, perhaps), so its resident set, shared pages included,
-        can look the largest in the group to the OOM killer. proc(5):
-        oom_score_adj -1000 exempts it, so the OOM killer chooses among the
-        container's own processes (enter() sets them back to 0). Lowering it
-        needs CAP_SYS_RESOURCE; without it, child A stays a candidate.
-        """
-        self.add(pid)
-        try:
-            with open(f"/proc/{pid}/oom_score_adj", "w") as f:
-                f.write("-1000")
-        except PermissionError:
-            pass
-
     def enter(self) -> None:
-        # The container's processes get back the default; raising one's own
-        # oom_score_adj needs no privilege (proc(5)).
-        fd = os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            if os.read(fd, 16).strip() == b"-1000":
-                os.write(fd, b"0")
-        finally:
-            os.close(fd)
+        """Move the calling process (the container's PID 1) into the group.
+
+        cgroups(7): writing "0" to cgroup.procs moves the writer. The files were
+        opened by the parent: since Linux 5.16 the kernel checks the permission
+        to migrate with the credentials (and cgroup namespace) of the opener,
+        so this works after a user namespace's setresuid(2) too. Only PID 1 and
+        what it starts are inside: child A, the pipeline's relay, is not
+        counted by pids.max nor a candidate for the group's OOM killer.
+        """
+        for fd in self.procs_fds:
+            os.write(fd, b"0")
 
     def add(self, pid: int) -> None:
         """Move process ``pid`` into the group in every hierarchy."""
@@ -305,6 +297,8 @@ class Cgroup(Primitive):
 
     def release(self) -> None:
         """Kill every process still inside, then remove the groups this object made. Safe twice."""
+        while self.procs_fds:
+            os.close(self.procs_fds.pop())
         for group in self.made:                   # v2 first: cgroup.kill is atomic
             group.kill()
         while self.made:

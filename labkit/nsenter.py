@@ -1,0 +1,103 @@
+"""Joining a running container: setns(2) into its namespaces, as ``docker exec`` does.
+
+setns(2): a process joins an existing namespace through an open
+``/proc/PID/ns/TYPE`` file. The order matters:
+
+- the user namespace first: the other namespaces belong to it, and setns(2)
+  into them needs CAP_SYS_ADMIN *in it*, which joining it gives;
+- a PID namespace joined applies only to the caller's children (pid_namespaces(7)):
+  the caller forks, and the child is the one inside (spawn.py's child B);
+- a mount namespace joined sets the caller's root and working directory to the
+  namespace's root mount; the container's own root is its pivot_root, so the
+  caller then chroot(2)s into /proc/PID/root, opened before the join, as
+  nsenter(1) does.
+
+The process also joins the container's cgroups: the parent opens their
+``cgroup.procs`` files and the new process writes "0" to them (it moves itself),
+so it counts against the same limits.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import kernel
+from .errors import LabkitError
+from .spawn import Primitive
+
+# /proc/PID/ns names in the order to join them (user first, mount last).
+JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")
+
+
+def cgroup_dirs(pid: int) -> list[str]:
+    """The host directories of the labkit cgroups process ``pid`` is in, one per
+    hierarchy (from /proc/PID/cgroup, read in the host's cgroup namespace)."""
+    mounts: dict[str, str] = {}
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            _, point, fstype, options = line.split()[:4]
+            if fstype == "cgroup2":
+                mounts.setdefault("", point)
+            elif fstype == "cgroup":
+                controllers = [o for o in options.split(",") if o not in ("rw", "ro", "relatime", "nosuid",
+                                                                           "nodev", "noexec")]
+                mounts.setdefault(",".join(sorted(controllers)), point)
+    found = []
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            point = mounts.get(",".join(sorted(controllers.split(","))) if controllers else "")
+            if point is not None and path.startswith("/labkit/"):
+                found.append(point + path)
+    return found
+
+
+class JoinNamespaces(Primitive):
+    """Join every namespace of host process ``pid`` that differs from ours, and its cgroups."""
+
+    name = "nsenter"
+    joins_pid_namespace = True
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fds: list[int] = []
+        self.root_fd: int | None = None
+        self.procs_fds: list[int] = []
+        self.user = False
+
+    def prepare(self) -> None:
+        try:
+            for ns in JOIN_ORDER:
+                if kernel.ns_inode(self.pid, ns) != kernel.ns_inode("self", ns):
+                    self.fds.append(os.open(f"/proc/{self.pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC))
+                    self.user |= ns == "user"
+            self.root_fd = os.open(f"/proc/{self.pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            for d in cgroup_dirs(self.pid):
+                self.procs_fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+        except (FileNotFoundError, ProcessLookupError):
+            self.release()
+            raise LabkitError(f"the container (host PID {self.pid}) is not running", "see labkit ps") from None
+        except BaseException:
+            self.release()
+            raise
+
+    def setns(self) -> None:
+        """In child A: join each namespace, then make the container's root ours."""
+        for fd in self.fds:
+            kernel.setns(fd, 0)
+        os.fchdir(self.root_fd)
+        os.chroot(".")
+        os.chdir("/")
+
+    def enter(self) -> None:
+        """In child B (inside the joined PID namespace): its cgroups, then root inside."""
+        for fd in self.procs_fds:
+            os.write(fd, b"0")
+        if self.user:
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+
+    def release(self) -> None:
+        for fd in self.fds + self.procs_fds + ([self.root_fd] if self.root_fd is not None else []):
+            os.close(fd)
+        self.fds, self.procs_fds, self.root_fd = [], [], None
