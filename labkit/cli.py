@@ -17,47 +17,25 @@ import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from . import bandwidth, caps, cgroups, ipc, mount, net, pid, restart, rootfs, user, uts
+from . import cgroups, container, net, restart, rootfs, terminal
 from .errors import LabkitError, NotRootError, UsageError
-from .spawn import Primitive, spawn
+from .spawn import Primitive, Process, spawn
 
 USAGE_EXAMPLES = """\
 examples:
   labkit doctor                                  is this host ready?
   labkit run --hostname box -- hostname          prints: box
   labkit run -- ps -e                            only the container's processes
+  labkit run -it --name box -- sh                a shell on a terminal, in a container named box
+  labkit exec box -- ps                          another process in the running container box
+  labkit ps                                      the named containers that run
   labkit cleanup                                 remove whatever labkit left behind
 """
 
-# Namespace name (as --ns spells it) -> the primitive that makes it.
-NAMESPACES: dict[str, Callable[[argparse.Namespace], Primitive]] = {
-    # With a mount namespace, mount.py mounts the fresh /proc inside the new root.
-    "pid": lambda args: pid.PidNamespace(mount_proc="mount" not in namespace_names(args.ns)),
-    "uts": lambda args: uts.UtsNamespace(args.hostname),
-    "ipc": lambda args: ipc.IpcNamespace(),
-    "user": lambda args: user.UserNamespace(
-        [user.parse_map(m, "--uid-map") for m in args.uid_map or ()],
-        [user.parse_map(m, "--gid-map") for m in args.gid_map or ()]),
-    "net": lambda args: NETWORKS[args.net](args),
-    "mount": lambda args: mount.MountNamespace(
-        rootfs.check_rootfs(args.rootfs) if args.rootfs else rootfs.default_rootfs(),
-        [mount.parse_volume(v) for v in args.volume], owner=_userns_root(args)),
-}
-# --net mode -> the network namespace primitive that makes it (net.py).
-NETWORKS: dict[str, Callable[[argparse.Namespace], Primitive]] = {
-    "none": lambda args: net.NetNamespace(),
-    "bridge": lambda args: net.BridgeNetwork(args.ip),
-}
-DEFAULT_NAMESPACES = "pid,uts,ipc,mount,net,cgroup"   # DESIGN.md; those available are used
-
-
-def _userns_root(args: argparse.Namespace) -> tuple[int, int] | None:
-    """The host uid and gid of a user namespace's root (it must own the
-    container's overlay upper layer), or None without a user namespace."""
-    if not (args.userns or "user" in namespace_names(args.ns)):
-        return None
-    maps = NAMESPACES["user"](args)
-    return user.to_host(maps.uid_map, maps.uid), user.to_host(maps.gid_map, maps.gid)
+# The namespaces --ns knows, and the default (DESIGN.md): container.py composes them.
+NAMESPACES = container.ALL_NAMESPACES
+NETWORKS = tuple(container.NETWORKS)
+DEFAULT_NAMESPACES = ",".join(container.DEFAULT_NAMESPACES)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
                            help="tracefs buffer per CPU (default 16384); lost events are reported")
     trace_cmd.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                            help="the command to run and its arguments")
+
+    exec_cmd = sub.add_parser("exec", help="run another command in a running named container",
+                              usage="labkit exec [-i] [-t] NAME [--] CMD [ARG...]")
+    add_terminal_options(exec_cmd)
+    exec_cmd.add_argument("container", metavar="NAME", help="the --name given to labkit run")
+    exec_cmd.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
+                          help="the command to run and its arguments")
+
+    ps_cmd = sub.add_parser("ps", help="list the named containers that run")
+    ps_cmd.add_argument("--json", action="store_true", help="one JSON object a container")
 
     sub.add_parser("cleanup", help="remove every kernel object labkit left behind")
 
@@ -131,6 +119,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ns", metavar="LIST", default=None,
                         help=f"namespaces to create, comma-separated, of: {', '.join(NAMESPACES)} "
                              f"(default: those of {DEFAULT_NAMESPACES} available)")
+    parser.add_argument("--name", metavar="NAME",
+                        help="name the container: labkit exec NAME and labkit ps find it while it runs")
+    add_terminal_options(parser)
+    parser.add_argument("--security-opt", action="append", metavar="seccomp=unconfined", default=[],
+                        help="seccomp=unconfined: no seccomp filter (default: Docker's denied calls fail with EPERM)")
     parser.add_argument("--net", choices=list(NETWORKS), default="none",
                         help="none: own network namespace with lo only (default); "
                              f"bridge: a veth on bridge {net.BRIDGE} ({net.BRIDGE_ADDRESS})")
@@ -151,8 +144,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     limits = parser.add_argument_group("limits (cgroups under labkit/, and tc on the veth)")
     limits.add_argument("--cpus", metavar="N", help="CPU time, in CPUs: 0.5 is half of one core (cpu controller)")
     limits.add_argument("--memory", "-m", metavar="SIZE",
-                        help="memory limit, e.g. 32M; past it the kernel's OOM killer acts (exit 137)")
-    limits.add_argument("--pids", metavar="N", help="most tasks at once, e.g. 32; then fork() fails with EAGAIN")
+                        help="memory limit, e.g. 32M; past it the kernel's OOM killer acts (exit 137); "
+                             f"default {container.DEFAULT_LIMITS['memory']} as root, max for none")
+    limits.add_argument("--pids", metavar="N", help="most tasks at once, e.g. 32; then fork() fails with EAGAIN; "
+                                                    f"default {container.DEFAULT_LIMITS['pids']} as root, max for none")
     limits.add_argument("--io-read-bps", metavar="[DEV:]RATE",
                         help="disk read rate, e.g. 2MB/s, on DEV (default: the disk holding /)")
     limits.add_argument("--io-write-bps", metavar="[DEV:]RATE",
@@ -175,44 +170,36 @@ def namespace_names(spec: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def limits_for(args: argparse.Namespace) -> list[Primitive]:
-    """The cgroup of --cpus --memory --pids --io-*-bps (none when no limit is asked)."""
-    values = {"cpu": args.cpus, "memory": args.memory, "pids": args.pids}
-    devices = set()
-    for dest in ("io_read_bps", "io_write_bps"):
-        if getattr(args, dest) is not None:
-            device, values[dest] = cgroups.split_device(getattr(args, dest))
-            devices.add(device)
-    if len(devices) > 1:
-        raise UsageError("--io-read-bps and --io-write-bps name different devices", "limit one device per run")
-    if all(v is None for v in values.values()):
-        return []
-    return [cgroups.Cgroup(f"run-{os.getpid()}", io_device=devices.pop() if devices else None, **values)]
+def add_terminal_options(parser: argparse.ArgumentParser) -> None:
+    """-i and -t, as docker run/exec spell them."""
+    parser.add_argument("-i", "--interactive", action="store_true",
+                        help="keep stdin attached (it always is: accepted as docker spells -it)")
+    parser.add_argument("-t", "--tty", action="store_true",
+                        help="give the command a terminal (a pty, its controlling terminal); "
+                             "your terminal is in raw mode meanwhile")
+
+
+SECURITY_OPTS = {"seccomp=unconfined": "seccomp"}    # --security-opt value -> the Container flag it clears
+
+
+def container_for(args: argparse.Namespace) -> container.Container:
+    """The Container that `run`'s options describe (every value checked here)."""
+    for opt in args.security_opt:
+        if opt not in SECURITY_OPTS:
+            raise UsageError(f"unknown --security-opt {opt!r}", f"use one of {', '.join(SECURITY_OPTS)}")
+    return container.Container(
+        args.rootfs, name=getattr(args, "name", None), hostname=args.hostname,
+        namespaces=namespace_names(args.ns), volumes=args.volume, net=args.net, ip=args.ip,
+        userns=args.userns, uid_map=args.uid_map, gid_map=args.gid_map, cpus=args.cpus,
+        memory=args.memory, pids=args.pids, io_read_bps=args.io_read_bps,
+        io_write_bps=args.io_write_bps, bandwidth=args.bandwidth, cap_add=args.cap_add,
+        cap_drop=args.cap_drop, seccomp="seccomp=unconfined" not in args.security_opt,
+        group=None if getattr(args, "name", None) else f"run-{os.getpid()}")
 
 
 def primitives_for(args: argparse.Namespace) -> list[Primitive]:
-    """The primitives a `run` asks for, in launch order."""
-    names = namespace_names(args.ns)
-    if args.hostname is not None and "uts" not in names:
-        raise UsageError("--hostname needs a UTS namespace", "add uts to --ns")
-    if args.ip is not None and args.net != "bridge":
-        raise UsageError("--ip needs --net bridge", "add --net bridge, or leave out --ip")
-    if args.net != "none" and "net" not in names:
-        raise UsageError(f"--net {args.net} needs a network namespace", "add net to --ns")
-    if (args.rootfs or args.volume) and "mount" not in names:
-        raise UsageError("--rootfs and --volume need a mount namespace", "add mount to --ns")
-    if (args.uid_map or args.gid_map) and not (args.userns or "user" in names):
-        raise UsageError("--uid-map/--gid-map need a user namespace", "add --userns")
-    if args.userns or "user" in names:
-        names = ["user"] + [n for n in names if n != "user"]   # the user namespace owns the others
-    if args.bandwidth is not None and args.net != "bridge":
-        raise UsageError("--bandwidth needs --net bridge", "add --net bridge: the rate is set on its veth")
-    prims = limits_for(args) + [NAMESPACES[n](args) for n in names]
-    if args.bandwidth is not None:                      # after the network: join() needs its veth
-        link = next(p for p in prims if isinstance(p, net.BridgeNetwork))
-        prims.append(bandwidth.Bandwidth(args.bandwidth, link))
-    # Capabilities last: every other enter() still needs its capabilities (caps.py).
-    return prims + [caps.Capabilities(caps.resolve(args.cap_add, args.cap_drop))]
+    """The primitives a `run` asks for, in launch order (container.py composes them)."""
+    return container_for(args).primitives()
 
 
 def command_of(args: argparse.Namespace) -> list[str]:
@@ -259,19 +246,62 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_rootless(args)
     argv = command_of(args)
     policy = restart.parse_restart(args.restart)
-    primitives_for(args)                                # check every option before the first start
+    box = container_for(args)                           # check every option before the first start
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     restarts = 0
     while True:
-        prims = primitives_for(args)                    # fresh primitives (a fresh cgroup) each start
-        with spawn(argv, prims, capture=False) as proc:
-            status = exit_status(proc.wait() or 0)
-            report_oom(prims)                           # before release() removes the cgroup
+        with box:                                       # fresh primitives (a fresh cgroup) each start
+            status = attached(lambda **io: box.start(argv, **io), args.tty)
+            report_oom(box.prims)                       # before release() removes the cgroup
         if not policy.should_restart(status, restarts):
             return status
         restarts += 1
         print(f"labkit: exit status {status}; {policy.describe(restarts)}", file=sys.stderr)
+
+
+def attached(start: Callable[..., Process], tty: bool) -> int:
+    """Start a process with our stdin/stdout/stderr, or on a new pty relayed to
+    our terminal with -t; wait for it; return its exit status."""
+    if not tty:
+        return exit_status(start(capture=False).wait() or 0)
+    master, slave = terminal.open_pty()
+    try:
+        try:
+            proc = start(capture=False, stdio=(slave, slave, slave), tty=True)
+        finally:
+            os.close(slave)                             # the container holds the only slave now
+        terminal.relay(master, lambda: proc.poll() is not None)
+        return exit_status(proc.wait() or 0)
+    finally:
+        os.close(master)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """`labkit exec NAME -- CMD`: join the running container's namespaces and cgroups."""
+    if os.geteuid() != 0:
+        raise NotRootError()
+    argv = command_of(args)
+    box = container.attach(args.container)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    return attached(lambda **io: box.exec_start(argv, **io), args.tty)
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    """`labkit ps`: the named containers that run (stale state is removed on the way)."""
+    found = container.running()
+    if args.json:
+        import json
+
+        for name, state in found.items():
+            print(json.dumps({"name": name, "pid": state["pid"], "address": state.get("address"),
+                              "command": state.get("argv", [])}))
+        return 0
+    print(f"{'NAME':<16} {'PID':>8}  {'ADDRESS':<12}  COMMAND")
+    for name, state in found.items():
+        print(f"{name:<16} {state['pid']:>8}  {state.get('address') or '-':<12}  {' '.join(state.get('argv', []))}")
+    return 0
 
 
 def report_oom(prims: list[Primitive]) -> None:
@@ -391,6 +421,7 @@ NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "doctor": cmd_doctor, "cleanup": cmd_cleanup, "rootfs": cmd_rootfs,
     "trace": cmd_trace, "exercises": cmd_exercises_build, "check": cmd_check,
+    "exec": cmd_exec, "ps": cmd_ps,
 }
 
 

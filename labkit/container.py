@@ -72,7 +72,8 @@ class Container:
     built-in busybox image), ``name``, ``hostname``, ``namespaces``, ``volumes``
     ("HOST:CTR[:ro]"), ``tmpfs``, ``net`` ("none" or "bridge"), ``ip``, ``userns``,
     ``uid_map``/``gid_map`` ("INSIDE:OUTSIDE:COUNT"), ``cpus``, ``memory``,
-    ``pids``, ``io_read_bps``, ``io_write_bps`` ("[DEV:]RATE"), ``bandwidth``,
+    ``pids`` (None: ``DEFAULT_LIMITS``; "max": none), ``io_read_bps``,
+    ``io_write_bps`` ("[DEV:]RATE"), ``bandwidth``,
     ``cap_add``, ``cap_drop``, ``seccomp``, ``device_rules``, ``overlay``,
     ``group`` (the cgroup's name under labkit/). Bad values raise UsageError here.
     """
@@ -82,8 +83,8 @@ class Container:
                  volumes: Iterable[str | mount.Volume] = (), tmpfs: Iterable[str] = (),
                  net: str = "none", ip: str | None = None, userns: bool = False,
                  uid_map: Sequence[str] | None = None, gid_map: Sequence[str] | None = None,
-                 cpus: str | float | None = None, memory: str | int | None = DEFAULT_LIMITS["memory"],
-                 pids: str | int | None = DEFAULT_LIMITS["pids"], io_read_bps: str | None = None,
+                 cpus: str | float | None = None, memory: str | int | None = None,
+                 pids: str | int | None = None, io_read_bps: str | None = None,
                  io_write_bps: str | None = None, bandwidth: str | None = None,
                  cap_add: Iterable[str] = (), cap_drop: Iterable[str] = (), seccomp: bool = True,
                  device_rules: bool | None = None, overlay: bool = True, group: str | None = None,
@@ -111,18 +112,24 @@ class Container:
         self.gid_map = [user.parse_map(m, "--gid-map") for m in gid_map or ()]
         if (self.uid_map or self.gid_map) and "user" not in self.namespaces:
             raise UsageError("--uid-map/--gid-map need a user namespace", "add --userns")
-        self.limits = {"cpu": cpus, "memory": memory, "pids": pids}
+        # None: the default limit (as root; without root labkit cannot write the
+        # host's cgroup files); "max": no limit at all.
+        defaults = DEFAULT_LIMITS if os.geteuid() == 0 else {}
+        self.limits = {"cpu": cpus, "memory": defaults.get("memory") if memory is None else memory,
+                       "pids": defaults.get("pids") if pids is None else pids}
         self.io = {"io_read_bps": io_read_bps, "io_write_bps": io_write_bps}
         self.keep = caps.resolve(cap_add, cap_drop)
         self.cap_add, self.cap_drop = list(cap_add), list(cap_drop)
         self.seccomp = seccomp
-        self.device_rules = devices.available() if device_rules is None else device_rules
+        if device_rules is None:
+            device_rules = devices.available() and os.geteuid() == 0
+        self.device_rules = device_rules
         self.overlay = overlay
         self.group = group or name or f"run-{os.getpid()}-{next(_sequence)}"
         self.env = dict(env or DEFAULT_ENV)
         self.process: Process | None = None
         self.address: str | None = None
-        self._prims: list[Primitive] = []
+        self.prims: list[Primitive] = []
         self.primitives(tty=False)          # build them once: every value is checked now
 
     # -- composition ------------------------------------------------------
@@ -130,7 +137,10 @@ class Container:
     def primitives(self, *, tty: bool = False) -> list[Primitive]:
         """Fresh primitives for one start, in launch order (module docstring)."""
         names = self.namespaces
-        prims: list[Primitive] = [self._cgroup()]
+        prims: list[Primitive] = []
+        group = self._cgroup()
+        if group is not None:
+            prims.append(group)
         if self.device_rules:
             prims.append(devices.DeviceCgroup(self.group))
         if "user" in names:
@@ -158,8 +168,9 @@ class Container:
             prims.append(seccomp.Seccomp())
         return prims
 
-    def _cgroup(self) -> cgroups.Cgroup:
-        values = {k: v for k, v in self.limits.items() if v is not None}
+    def _cgroup(self) -> cgroups.Cgroup | None:
+        """The container's cgroup; None without root and without limits."""
+        values = {k: v for k, v in self.limits.items() if v is not None and v != "max"}
         device = None
         for key, text in self.io.items():
             if text is not None:
@@ -168,6 +179,8 @@ class Container:
                     raise UsageError("--io-read-bps and --io-write-bps name different devices",
                                      "limit one device per run")
                 device = dev
+        if not values and os.geteuid() != 0:
+            return None
         return cgroups.Cgroup(self.group, io_device=device, **values)
 
     def _rootfs(self) -> str:
@@ -188,9 +201,12 @@ class Container:
         if self.process is not None and self.process.returncode is None:
             raise UsageError(f"container {self.name or self.group} is running already",
                              "stop() it first, or make another Container")
-        self._prims = self.primitives(tty=tty)
-        self.process = spawn(argv, self._prims, env=self.env, capture=capture, stdio=stdio)
-        self.address = next((str(p.address) for p in self._prims
+        if self.name is not None and self.name in running():
+            raise UsageError(f"a container named {self.name} is running already",
+                             "choose another --name (see labkit ps)")
+        self.prims = self.primitives(tty=tty)
+        self.process = spawn(argv, self.prims, env=self.env, capture=capture, stdio=stdio)
+        self.address = next((str(p.address) for p in self.prims
                              if isinstance(p, net.BridgeNetwork)), None)
         if self.name is not None:
             try:
