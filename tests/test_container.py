@@ -16,6 +16,8 @@ import select
 import signal
 import subprocess
 import sys
+import shutil
+import tempfile
 import termios
 import time
 
@@ -328,3 +330,31 @@ def test_run_it_gives_a_controlling_terminal_and_restores_ours():
     assert ps_line.split()[1] != "?"                           # PID 1 has a controlling terminal
     assert termios.tcgetattr(fd)[3] == before[3]               # the user's modes came back
     os.close(fd)
+
+
+def test_cli_run_takes_every_option_at_once():
+    shared = tempfile.mkdtemp(prefix="labkit-test-")
+    os.chmod(shared, 0o755)                                  # the user namespace's root is uid 100000 here
+    with open(os.path.join(shared, "f"), "w") as f:
+        f.write("from the host\n")
+    try:
+        r = run_all_options(shared)
+    finally:
+        shutil.rmtree(shared)
+    assert r.returncode == 4, r.stderr                       # failed: restarted once, then its status
+    assert r.stdout.replace("\r\n", "\n").count("all\nfrom the host\n10.88.250.9/16\n") == 2
+    expected = caps.mask_of(set(caps.DOCKER_DEFAULT) - {"CAP_MKNOD"} | {"CAP_NET_ADMIN"})
+    assert f"CapEff:\t{expected:016x}" in r.stdout.replace("\r\n", "\n")
+    assert "restart 1 of 1" in r.stderr
+
+
+def run_all_options(shared: str) -> subprocess.CompletedProcess:
+    return labkit_cli("run", "--rootfs", container.rootfs.default_rootfs(), "--hostname", "all",
+                   "--ns", "pid,uts,ipc,mount,net,cgroup,user", "--volume", f"{shared}:/data:ro",
+                   "--userns", "--uid-map", "0:100000:65536", "--gid-map", "0:100000:65536",
+                   "--net", "bridge", "--ip", "10.88.250.9/16", "--bandwidth", "1mbit", "--memory", "64M",
+                   "--cpus", "0.5", "--pids", "64", "--io-read-bps", "10MB/s", "--io-write-bps", "10MB/s",
+                   "--cap-add", "NET_ADMIN", "--cap-drop", "MKNOD", "--restart", "on-failure:1",
+                   "--name", f"t-all-{os.getpid()}", "-i", "-t", "--",
+                   "sh", "-c", "hostname; cat /data/f; ip -4 addr show eth0 | grep -o '10.88[^ ]*';"
+                               "grep -E '^(CapEff|Seccomp):' /proc/self/status; exit 4")
