@@ -3,7 +3,8 @@
 Everything labkit creates carries its name (DESIGN.md): mounts under
 /run/labkit, network namespaces ``labkit-*`` bound under /run/netns, links
 ``lk*`` and ``labkit0``, cgroups under a ``labkit/`` parent in each hierarchy,
-tracefs instances ``labkit-*``, loop devices backed by /var/lib/labkit/loop/labkit-*. After a crash, a ``kill -9`` or a notebook
+tracefs instances ``labkit-*``, loop devices backed by /var/lib/labkit/loop/labkit-*, the state of
+named containers under /run/labkit/containers (removed with /run/labkit). After a crash, a ``kill -9`` or a notebook
 kernel restart, this removes them; each function returns what it removed.
 """
 

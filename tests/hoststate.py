@@ -64,6 +64,12 @@ def _overlay_dirs() -> set[str]:
     return {n for n in os.listdir(path) if n.startswith("mnt-")} if os.path.isdir(path) else set()
 
 
+def _container_states() -> set[str]:
+    """Named containers' state directories (container.py: /run/labkit/containers/NAME)."""
+    path = "/run/labkit/containers"
+    return set(os.listdir(path)) if os.path.isdir(path) else set()
+
+
 def _loop_devices() -> set[str]:
     """Attached loop devices and their backing files (/sys/block/loopN/loop/backing_file)."""
     found = set()
@@ -87,6 +93,7 @@ def snapshot() -> dict[str, set]:
         "named netns": _netns(),
         "overlay dirs": _overlay_dirs(),
         "loop devices": _loop_devices(),
+        "container states": _container_states(),
     }
 
 
