@@ -299,15 +299,19 @@ class Trace(Primitive):
         _write(f"{self.dir}/tracing_on", "1")
 
     def observe(self, pid: int) -> None:
-        """Read the PID namespace of the running container's ``pid`` (``Process.pid``).
+        """Read the PID namespace and the cgroup of the running container's ``pid``
+        (``Process.pid``): PID 1 moved itself into its cgroup in enter(), while
+        child A, which join() saw, stays in the launcher's.
 
         A command that already exited has no namespaces left to read: the PID
         namespace's inode then stays unknown (the trace itself is complete).
         """
         try:
             self.container_ns["pid"] = kernel.ns_inode(pid, "pid")
+            self.cgroup_dirs = _cgroup_dirs(pid)
         except (FileNotFoundError, ProcessLookupError):
-            pass
+            return
+        self.cgroup_limits = {c: {"limit": self._cgroup_value(c, 0)} for c in CGROUP_FILES}
 
     def release(self) -> None:
         """Read the trace (once), then remove the instance and any kprobe; safe twice."""
