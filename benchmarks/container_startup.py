@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""How long does a full container take, start to exit, and what does an idle one cost?
+
+Runs /bin/true N times each way, interleaved so machine noise hits every way
+alike, and prints the medians side by side with the references measured in
+the same run:
+
+  labkit run     `labkit run -- /bin/true` with every default: all namespaces but
+                 user, overlay on the busybox image, cgroup limits (memory, pids,
+                 v1 device rules), Docker's 14 capabilities, no_new_privs, seccomp
+  labkit API     Container().run(["/bin/true"]) from this warm Python process
+  runc           `runc run` on an equivalent bundle: the same busybox image, the
+                 same six namespaces, the same memory/pids limits (runc's default
+                 spec: its masked paths, capabilities and device rules; no seccomp
+                 filter and no overlay: runc gets neither by default)
+  bwrap          `bwrap --unshare-all` on the same image (/proc, /dev): namespaces only
+
+Targets (issue 8): `labkit run` faster than runc; the API within 2x of bwrap.
+Then: containers per second (one after another, and a burst started at once),
+and the memory cost of an idle container (N idle containers: the host's used
+memory before and after, and their cgroups' own memory usage).
+
+Usage: sudo .venv/bin/python benchmarks/container_startup.py [-n RUNS] [--idle N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+from labkit import cgroups, rootfs
+from labkit.container import DEFAULT_LIMITS, Container
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def run_checked(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+
+def labkit_api() -> None:
+    assert Container().run(["/bin/true"]).returncode == 0
+
+
+def runc_bundle(tmp: str, image: str) -> list[str] | None:
+    """An OCI bundle whose root is the labkit busybox image, for `runc run`; None without runc."""
+    runc = shutil.which("runc")
+    if not runc:
+        return None
+    subprocess.run([runc, "spec"], cwd=tmp, check=True)
+    with open(os.path.join(tmp, "config.json")) as f:
+        config = json.load(f)
+    config["root"] = {"path": image, "readonly": True}
+    config["process"]["args"] = ["/bin/true"]
+    config["process"]["terminal"] = False
+    config["linux"]["namespaces"] = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network", "cgroup")]
+    config["linux"]["resources"]["memory"] = {"limit": 512 << 20}
+    config["linux"]["resources"]["pids"] = {"limit": DEFAULT_LIMITS["pids"]}
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(config, f)
+    return [runc, "--root", os.path.join(tmp, "state"), "run", "--bundle", tmp]
+
+
+def meminfo_used() -> int:
+    """MemTotal - MemAvailable, in bytes (proc(5))."""
+    fields = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":")
+            fields[key] = int(value.split()[0]) * 1024
+    return fields["MemTotal"] - fields["MemAvailable"]
+
+
+def idle_cost(count: int) -> tuple[float, float, float]:
+    """Start ``count`` idle containers at once; return (seconds to start them all,
+    host memory used per container, cgroup memory per container), in bytes."""
+    boxes = [Container() for _ in range(count)]
+    before = meminfo_used()
+    start = time.perf_counter()
+    try:
+        for box in boxes:
+            box.start(["sleep", "3600"])
+        elapsed = time.perf_counter() - start
+        time.sleep(1)                                 # let page tables and slabs settle
+        after = meminfo_used()
+        in_groups = sum(p.stats().get("memory_current", 0) for box in boxes for p in box.prims
+                        if isinstance(p, cgroups.Cgroup))
+    finally:
+        for box in boxes:
+            box.stop()
+    return elapsed, (after - before) / count, in_groups / count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--runs", type=int, default=50, help="runs of each way (default 50)")
+    parser.add_argument("--idle", type=int, default=50, help="idle containers for the memory cost (default 50)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("container_startup.py: needs root (namespaces, cgroups): run it with sudo", file=sys.stderr)
+        return 1
+
+    image = rootfs.default_rootfs()
+    labkit_cmd = os.path.join(os.path.dirname(sys.executable), "labkit")
+    ways: dict[str, Callable[[], object]] = {
+        "labkit run": lambda: run_checked([labkit_cmd, "run", "--", "/bin/true"]),
+        "labkit API": labkit_api,
+    }
+    if shutil.which("bwrap"):
+        ways["bwrap"] = lambda: run_checked(["bwrap", "--unshare-all", "--ro-bind", image, "/",
+                                             "--proc", "/proc", "--dev", "/dev", "/bin/true"])
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
+        runc = runc_bundle(tmp, image)
+        if runc:
+            counter = iter(range(10**6))
+            ways["runc"] = lambda: run_checked(runc + [f"labkit-bench-{os.getpid()}-{next(counter)}"])
+        samples: dict[str, list[float]] = {name: [] for name in ways}
+        for fn in ways.values():
+            fn()                                        # warm caches once
+        for _ in range(args.runs):
+            for name, fn in ways.items():
+                samples[name].append(timed(fn))
+
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    print(f"full container start-to-exit of /bin/true, {args.runs} runs each, {os.cpu_count()} CPUs")
+    ref_name = "bwrap" if "bwrap" in medians else "labkit API"
+    print(f"{'way':<12} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8} {'x ' + ref_name:>14}")
+    for name, values in samples.items():
+        q = statistics.quantiles(values, n=10)
+        print(f"{name:<12} {medians[name]:>10.2f} {q[0]:>8.2f} {q[-1]:>8.2f} {medians[name] / medians[ref_name]:>14.2f}")
+    cli, api = medians["labkit run"], medians["labkit API"]
+    if "runc" in medians:
+        ratio = cli / medians["runc"]
+        print(f"target: labkit run faster than runc: {ratio:.2f}x runc -> {'met' if ratio < 1 else 'NOT met'}")
+    if "bwrap" in medians:
+        ratio = api / medians["bwrap"]
+        print(f"target: labkit API within 2x of bwrap: {ratio:.2f}x -> {'met' if ratio <= 2 else 'NOT met'}")
+    print(f"containers per second, one after another: API {1000 / api:.1f}, labkit run {1000 / cli:.1f}")
+
+    elapsed, host_bytes, group_bytes = idle_cost(args.idle)
+    print(f"burst: {args.idle} idle containers started in {elapsed:.2f} s: {args.idle / elapsed:.1f} per second")
+    print(f"memory per idle container (busybox sleep): host used {host_bytes / 1024:.0f} KiB, "
+          f"its cgroup's memory usage {group_bytes / 1024:.0f} KiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
