@@ -180,6 +180,9 @@ def run(path: str, timeout: int = 300) -> Report:
             report = grade(path, nb)
             report.crashed.append(f"the kernel stopped: {type(e).__name__}: {e}".splitlines()[0])
             return report
+        finally:
+            if kernel.has_kernel:                    # nbclient leaves a kernel it was given running
+                kernel.shutdown_kernel()
     return grade(path, nb)
 
 
