@@ -165,24 +165,22 @@ def grade(path: str, nb: nbformat.NotebookNode) -> Report:
 
 def run(path: str, timeout: int = 300) -> Report:
     """Execute the notebook at ``path`` in a fresh kernel (in its own folder) and grade it."""
-    from jupyter_client import KernelManager
     from nbclient import NotebookClient
+    from traitlets.config import Config
 
     nb = read_notebook(path)
     # The kernel runs as root: talk to it over Unix sockets in a private folder, not TCP.
     with tempfile.TemporaryDirectory(prefix="labkit-check-") as sockets:
-        kernel = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sockets, "kernel"))
-        client = NotebookClient(nb, km=kernel, timeout=timeout, allow_errors=True, interrupt_on_timeout=True,
+        config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+        client = NotebookClient(nb, config=config, kernel_name="python3", timeout=timeout,
+                                allow_errors=True, interrupt_on_timeout=True,
                                 resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}})
         try:
-            client.execute()
+            client.execute()                         # starts the kernel, runs every cell, shuts it down
         except Exception as e:                       # the kernel died or could not start
             report = grade(path, nb)
             report.crashed.append(f"the kernel stopped: {type(e).__name__}: {e}".splitlines()[0])
             return report
-        finally:
-            if kernel.has_kernel:                    # nbclient leaves a kernel it was given running
-                kernel.shutdown_kernel()
     return grade(path, nb)
 
 
