@@ -37,7 +37,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import secrets
 import shutil
 from typing import Iterable, Sequence
 

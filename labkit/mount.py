@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import shutil
 import stat
 from typing import NamedTuple
@@ -164,7 +163,7 @@ class MountNamespace(Primitive):
             base = run_dir()
             if base == RUN_DIR:
                 os.makedirs(RUN_DIR, exist_ok=True)
-            self.dir = os.path.join(base, f"mnt-{secrets.token_hex(4)}")
+            self.dir = os.path.join(base, f"mnt-{os.urandom(4).hex()}")
             self.upper, work = os.path.join(self.dir, "upper"), os.path.join(self.dir, "work")
             self.new_root = os.path.join(self.dir, "merged")
             try:

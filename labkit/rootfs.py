@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .errors import LabkitError, UsageError
+
+if TYPE_CHECKING:
+    import tarfile
 
 DEFAULT_ROOTFS = "/var/lib/labkit/rootfs"   # outside the repository, built on first use
 BUSYBOX = "/bin/busybox"                    # Debian's busybox-static
@@ -61,6 +62,8 @@ def applets(busybox: str = BUSYBOX) -> list[str]:
     if not os.access(busybox, os.X_OK):
         raise LabkitError(f"{busybox} not found: the rootfs is made from busybox-static",
                           "install it: apt-get install busybox-static")
+    import subprocess       # here, not at the top: `labkit run` only needs a built rootfs
+
     out = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True).stdout
     return [line for line in out.split() if line != "bin/busybox"]
 
@@ -199,6 +202,8 @@ def import_tarball(tarball: str, dest: str, progress: Progress | None = _print_p
     Every entry is checked before anything is written; one unsafe entry
     refuses the whole tarball and nothing is left behind.
     """
+    import tarfile          # here, not at the top: `labkit run` never imports a tarball
+
     dest = os.path.abspath(dest)
     if os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
         raise UsageError(f"{dest} already exists and is not an empty directory",

@@ -32,7 +32,6 @@ import errno
 import os
 import select
 import signal
-import tempfile
 from typing import IO, Iterable, NamedTuple, Sequence
 
 from . import kernel
@@ -231,8 +230,8 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
     status_r, status_w = os.pipe2(os.O_CLOEXEC)   # children -> parent; EOF = exec'd
     go_r, go_w = os.pipe2(os.O_CLOEXEC)           # parent -> child A: "G"
     exit_r, exit_w = os.pipe2(os.O_CLOEXEC)       # child A -> parent: B's wait status
-    out = tempfile.TemporaryFile() if capture else None
-    err = tempfile.TemporaryFile() if capture else None
+    out = _memory_file("labkit-stdout") if capture else None
+    err = _memory_file("labkit-stderr") if capture else None
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if capture else 0
     stdio = (stdin, out.fileno() if out else 1, err.fileno() if err else 2)
     if given is not None and not capture:
@@ -384,6 +383,11 @@ def _read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 4096):
         data += chunk
     return data
+
+
+def _memory_file(name: str) -> IO[bytes]:
+    """An anonymous file in memory (memfd_create(2)) to hold captured output."""
+    return os.fdopen(os.memfd_create(name, os.MFD_CLOEXEC), "w+b")
 
 
 def _drain(f: IO[bytes] | None) -> str:
