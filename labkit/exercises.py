@@ -113,6 +113,8 @@ def student_version(nb: nbformat.NotebookNode, name: str) -> tuple[nbformat.Note
 
 def build(outdir: str, notebooks: list[str]) -> list[tuple[str, int]]:
     """Write the student version of each notebook into ``outdir``: (path, answers) each."""
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise UsageError(f"{outdir} is not a directory", "give a folder to write the student notebooks into")
     students = []
     for path in notebooks:
         nb = read_notebook(path)

@@ -89,7 +89,9 @@ def test_build_writes_every_student_notebook(tmp_path) -> None:
             assert exercises.BEGIN not in cell.source and exercises.END not in cell.source
             if cell.cell_type == "code":
                 assert cell.outputs == [] and cell.execution_count is None
-                compile(cell.source.replace("%", "#"), path, "exec")     # still valid Python
+                python = [("#" + l) if l.lstrip().startswith(("%", "!")) else l   # IPython magics aside
+                          for l in cell.source.splitlines()]
+                compile("\n".join(python), path, "exec")                       # still valid Python
     solution = nbformat.read(NOTEBOOKS[1], as_version=4)
     assert "labkit" not in solution.metadata, "the solution notebooks are left as they were"
 
@@ -98,6 +100,12 @@ def test_build_refuses_to_overwrite_the_solutions() -> None:
     r = labkit_cli("exercises", "build", os.path.join(REPO, "notebooks"))
     assert r.returncode == 125
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_build_refuses_an_outdir_that_is_a_file(tmp_path) -> None:
+    (tmp_path / "file").write_text("")
+    r = labkit_cli("exercises", "build", str(tmp_path / "file"), NOTEBOOKS[0])
+    assert r.returncode == 125 and "is not a directory" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_build_refuses_a_notebook_with_unpaired_markers(tmp_path) -> None:
