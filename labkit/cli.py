@@ -30,6 +30,8 @@ examples:
   labkit exec box -- ps                          another process in the running container box
   labkit ps                                      the named containers that run
   labkit cleanup                                 remove whatever labkit left behind
+  labkit exercises build handout/                the student notebooks to hand out
+  labkit check submissions/*/*.ipynb             grade them: each exercise passed or its hint
 """
 
 # The namespaces --ns knows, and the default (DESIGN.md): container.py composes them.
