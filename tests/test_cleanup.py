@@ -1,0 +1,69 @@
+"""`labkit cleanup` after a crash: kill -9 the labkit process, then clean up.
+
+A `kill -9` gives labkit no chance to run release(): the container dies with
+it (PR_SET_PDEATHSIG), but its cgroups, overlay directory, network namespace
+name, veth, named state and tracefs instance stay. `labkit cleanup` must find
+and remove every one of them, and leave the host as the test found it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, labkit_cli, settled_leaks
+from hoststate import leaks, snapshot
+
+CRASHES = {
+    "run": ["run", "--name", "crashme", "--net", "bridge", "--memory", "64M", "--pids", "32",
+            "--", "sleep", "60"],
+    "trace": ["trace", "--ns", "pid,uts", "--", "sleep", "60"],
+}
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("kind", sorted(CRASHES))
+def test_cleanup_removes_what_a_killed_labkit_left(kind):
+    before = snapshot()
+    launcher = subprocess.Popen([sys.executable, "-m", "labkit", *CRASHES[kind]], cwd=REPO)
+    try:
+        # the container runs once a sleep is in a PID namespace other than ours
+        own_pidns = os.stat("/proc/self/ns/pid").st_ino
+
+        def contained_sleep() -> bool:
+            for p in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{p}/comm") as f:
+                        if f.read().strip() == "sleep" and os.stat(f"/proc/{p}/ns/pid").st_ino != own_pidns:
+                            return True
+                except OSError:
+                    pass
+            return False
+
+        assert wait_for(contained_sleep), "the container did not start"
+    finally:
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+    # the container's processes die with it; what labkit made on the host stays
+    left = leaks(before, snapshot())
+    left.pop("namespaces", None)
+    assert left, "a kill -9 left nothing behind: this test would prove nothing"
+
+    r = labkit_cli("cleanup")
+    assert r.returncode == 0, r.stderr
+    assert "removed" in r.stdout
+    assert not settled_leaks(before), f"labkit cleanup left {settled_leaks(before)}"
+    r = labkit_cli("cleanup")
+    assert r.returncode == 0 and "nothing to clean" in r.stdout, r.stdout
