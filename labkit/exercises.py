@@ -8,7 +8,7 @@ kernel and prints ``exercise N: passed`` or ``exercise N: hint: ...``.
 - ``build()`` writes the student version of a notebook: each answer becomes
   ``...`` at the marker's indentation, every output is cleared, and the
   notebook's metadata says it is a student version.
-- ``check()`` runs a notebook headlessly (nbclient: a real Jupyter kernel,
+- ``run()`` runs a notebook headlessly (nbclient: a real Jupyter kernel,
   errors allowed so that one broken cell does not hide the other exercises, a
   timeout per cell) and collects every ``exercise N: ...`` line it printed.
 
