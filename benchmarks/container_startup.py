@@ -26,51 +26,22 @@ Usage: sudo .venv/bin/python benchmarks/container_startup.py [-n RUNS] [--idle N
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Callable
 
+from common import run_checked, runc_bundle, timed
+
 from labkit import cgroups, rootfs
 from labkit.container import DEFAULT_LIMITS, Container
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000
-
-
-def run_checked(argv: list[str]) -> None:
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-
-
 def labkit_api() -> None:
     assert Container().run(["/bin/true"]).returncode == 0
-
-
-def runc_bundle(tmp: str, image: str) -> list[str] | None:
-    """An OCI bundle whose root is the labkit busybox image, for `runc run`; None without runc."""
-    runc = shutil.which("runc")
-    if not runc:
-        return None
-    subprocess.run([runc, "spec"], cwd=tmp, check=True)
-    with open(os.path.join(tmp, "config.json")) as f:
-        config = json.load(f)
-    config["root"] = {"path": image, "readonly": True}
-    config["process"]["args"] = ["/bin/true"]
-    config["process"]["terminal"] = False
-    config["linux"]["namespaces"] = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network", "cgroup")]
-    config["linux"]["resources"]["memory"] = {"limit": 512 << 20}
-    config["linux"]["resources"]["pids"] = {"limit": DEFAULT_LIMITS["pids"]}
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(config, f)
-    return [runc, "--root", os.path.join(tmp, "state"), "run", "--bundle", tmp]
 
 
 def meminfo_used() -> int:
@@ -122,7 +93,8 @@ def main() -> int:
         ways["bwrap"] = lambda: run_checked(["bwrap", "--unshare-all", "--ro-bind", image, "/",
                                              "--proc", "/proc", "--dev", "/dev", "/bin/true"])
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
-        runc = runc_bundle(tmp, image)
+        runc = runc_bundle(tmp, image, ("pid", "ipc", "uts", "mount", "network", "cgroup"),
+                           {"memory": {"limit": 512 << 20}, "pids": {"limit": DEFAULT_LIMITS["pids"]}})
         if runc:
             counter = iter(range(10**6))
             ways["runc"] = lambda: run_checked(runc + [f"labkit-bench-{os.getpid()}-{next(counter)}"])

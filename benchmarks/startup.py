@@ -17,54 +17,20 @@ Usage: sudo .venv/bin/python benchmarks/startup.py [-n RUNS]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from typing import Callable
 
-from labkit import ipc, pid, spawn, uts
+from common import run_checked, runc_bundle, timed
 
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000
-
-
-def run_checked(argv: list[str]) -> None:
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+from labkit import ipc, pid, rootfs, spawn, uts
 
 
 def labkit_api() -> None:
     result = spawn.run(["/bin/true"], [pid.PidNamespace(), uts.UtsNamespace(), ipc.IpcNamespace()])
     assert result.returncode == 0
-
-
-def runc_bundle(tmp: str) -> list[str] | None:
-    """A minimal OCI bundle (static busybox as /bin/true) for `runc run`, or None."""
-    runc, busybox = shutil.which("runc"), shutil.which("busybox")
-    if not runc or not busybox:
-        return None
-    rootfs = os.path.join(tmp, "rootfs")
-    os.makedirs(os.path.join(rootfs, "bin"))
-    for d in ("proc", "dev", "sys"):
-        os.makedirs(os.path.join(rootfs, d))
-    shutil.copy(busybox, os.path.join(rootfs, "bin", "busybox"))
-    os.symlink("busybox", os.path.join(rootfs, "bin", "true"))
-    subprocess.run([runc, "spec"], cwd=tmp, check=True)
-    with open(os.path.join(tmp, "config.json")) as f:
-        config = json.load(f)
-    config["process"]["args"] = ["/bin/true"]
-    config["process"]["terminal"] = False
-    config["linux"]["namespaces"] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(config, f)
-    return [runc, "--root", os.path.join(tmp, "state"), "run", "--bundle", tmp]
 
 
 def main() -> int:
@@ -88,7 +54,7 @@ def main() -> int:
         "run, full": lambda: run_checked([labkit_cmd, "run", "--", "/bin/true"]),
     }
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
-        runc = runc_bundle(tmp)
+        runc = runc_bundle(tmp, rootfs.default_rootfs(), ("pid", "ipc", "uts", "mount"))
         if runc:
             counter = iter(range(10**6))
             ways["runc"] = lambda: run_checked(runc + [f"labkit-bench-{os.getpid()}-{next(counter)}"])

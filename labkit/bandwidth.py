@@ -20,15 +20,13 @@ under /run/netns) set by the time join() runs.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any, Callable, Protocol
 
-from . import kernel
 from .cgroups.units import parse_rate
 from .errors import KernelError
+from .netlink import in_netns
 from .spawn import Primitive
 
-NETNS_DIR = "/run/netns"
 LATENCY = "50ms"         # how long a packet may wait in tbf's queue before being dropped
 MIN_BURST = 3028         # two full Ethernet frames: tbf needs burst >= MTU
 
@@ -43,43 +41,12 @@ def burst_for(rate: int) -> int:
     return max(MIN_BURST, rate // 50)
 
 
-def _in_netns(netns: str | None, work: Callable[[Any], None]) -> None:
-    """Run ``work(ipr)`` with a netlink socket in ``netns`` (None: the host's).
-
-    A socket belongs to the network namespace of the thread that opened it; a
-    short-lived thread joins the namespace (setns(2) moves only the calling
-    thread), so the rest of the process stays in the host's namespace.
-    """
-    from pyroute2 import IPRoute      # lazily: the CLI's run path does not load netlink
-
-    errors: list[BaseException] = []
-
-    def thread() -> None:
-        try:
-            if netns is not None:
-                fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    kernel.setns(fd, kernel.CLONE_NEWNET)
-                finally:
-                    os.close(fd)
-            with IPRoute() as ipr:
-                work(ipr)
-        except BaseException as e:
-            errors.append(e)
-
-    worker = threading.Thread(target=thread, name="labkit-tc")
-    worker.start()
-    worker.join()
-    if errors:
-        raise errors[0]
-
-
 def set_rate(netns: str | None, ifname: str, rate: int) -> None:
     """Replace the root qdisc of ``ifname`` with tbf at ``rate`` bytes/s (tc qdisc replace ... tbf)."""
     def work(ipr: Any) -> None:
         index = ipr.link_lookup(ifname=ifname)[0]
         ipr.tc("replace", "tbf", index, rate=rate, burst=burst_for(rate), latency=LATENCY)
-    _netlink(f"tc tbf on {ifname}", lambda: _in_netns(netns, work))
+    _netlink(f"tc tbf on {ifname}", lambda: in_netns(netns, work))
 
 
 def qdisc(netns: str | None, ifname: str) -> dict[str, int]:
@@ -97,7 +64,7 @@ def qdisc(netns: str | None, ifname: str) -> dict[str, int]:
                 options = msg.get_attr("TCA_OPTIONS")
                 if found["kind"] == "tbf" and options is not None:
                     found["rate"] = options.get_attr("TCA_TBF_PARMS")["rate"]
-    _in_netns(netns, work)
+    in_netns(netns, work)
     return found
 
 

@@ -31,19 +31,18 @@ import errno
 import fcntl
 import ipaddress
 import os
-import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator
 
 from . import kernel
 from .errors import KernelError, LabkitError, UsageError
+from .netlink import NETNS_DIR, in_netns
 from .spawn import Primitive
 
 LAB_NETWORK = ipaddress.IPv4Network("10.88.0.0/16")
 BRIDGE = "labkit0"
 BRIDGE_ADDRESS = ipaddress.IPv4Interface("10.88.0.1/16")   # also the containers' gateway
 FIRST_ADDRESS = ipaddress.IPv4Address("10.88.0.2")
-NETNS_DIR = "/run/netns"                  # where ip-netns(8) keeps named namespaces
 LOCK_FILE = "/run/labkit/net.lock"        # serialises bridge and veth changes between processes
 CONTAINER_IFNAME = "eth0"
 
@@ -93,45 +92,6 @@ def _net_lock() -> Iterator[None]:
         yield
     finally:
         os.close(fd)                      # closing the last descriptor drops the lock
-
-
-T = TypeVar("T")
-
-
-def in_netns(netns: str | None, work: Callable[[Any], T]) -> T:
-    """Call ``work(ipr)`` with a pyroute2 IPRoute whose netlink socket is in the
-    named network namespace ``netns`` (the host's when None); return its result.
-
-    A socket belongs to the network namespace of the thread that created it,
-    and setns(2) with CLONE_NEWNET moves only the calling thread. So a
-    short-lived thread joins the namespace, opens the socket, does the work and
-    ends: the rest of the process never leaves the host's namespace. (The host's
-    work runs in a thread too: pyroute2's synchronous API runs an asyncio loop,
-    which cannot nest in a notebook kernel's running loop.)
-    """
-    from pyroute2 import IPRoute      # lazily: `labkit run --net none` never loads netlink
-
-    outcome: dict[str, Any] = {}
-
-    def thread() -> None:
-        try:
-            if netns is not None:
-                fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    kernel.setns(fd, kernel.CLONE_NEWNET)
-                finally:
-                    os.close(fd)
-            with IPRoute() as ipr:
-                outcome["result"] = work(ipr)
-        except BaseException as e:     # handed to the caller's thread below
-            outcome["error"] = e
-
-    worker = threading.Thread(target=thread, name=f"labkit-netlink-{netns or 'host'}")
-    worker.start()
-    worker.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
 
 
 @contextmanager
