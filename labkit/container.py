@@ -122,6 +122,7 @@ class Container:
         self.seccomp = seccomp
         if device_rules is None:
             device_rules = devices.available() and os.geteuid() == 0
+            self.keep = without_mknod_unless_asked(self.keep, cap_add, device_rules)
         self.device_rules = device_rules
         self.overlay = overlay
         self.group = group or name or f"run-{os.getpid()}-{next(_sequence)}"
@@ -367,6 +368,22 @@ def _check_namespaces(names: Iterable[str], userns: bool) -> tuple[str, ...]:
     if userns and "user" not in found:
         found.append("user")
     return tuple(dict.fromkeys(found))
+
+
+def without_mknod_unless_asked(keep: list[str], cap_add: Iterable[str], device_rules: bool) -> list[str]:
+    """The capabilities to keep when labkit chose the device rules itself.
+
+    With device rules (the v1 devices controller), a node made with mknod(2)
+    for a host disk cannot be opened, so CAP_MKNOD, one of Docker's 14, stays.
+    Without them (pure cgroup v2 has no devices controller, and labkit builds no
+    BPF device program) such a node could be opened: the container then does
+    not get CAP_MKNOD, unless --cap-add asked for it, and mknod(2) of a device
+    fails with EPERM (capabilities(7), mknod(2)).
+    """
+    asked = any(n.upper() == "ALL" or caps.canonical(n) == "CAP_MKNOD" for n in cap_add)
+    if device_rules or asked:
+        return keep
+    return [n for n in keep if n != "CAP_MKNOD"]
 
 
 # --net mode -> the network namespace primitive that makes it (net.py).

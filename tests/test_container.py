@@ -203,6 +203,22 @@ def test_a_host_disk_node_made_inside_cannot_be_opened():
     assert "dd=0" in out and "records in" in out
 
 
+def test_without_device_rules_the_default_container_has_no_cap_mknod():
+    """Pure cgroup v2 (the lab VM) has no devices controller: CAP_MKNOD goes instead."""
+    keep = caps.resolve()
+    assert "CAP_MKNOD" in container.without_mknod_unless_asked(keep, [], device_rules=True)
+    assert "CAP_MKNOD" not in container.without_mknod_unless_asked(keep, [], device_rules=False)
+    assert "CAP_MKNOD" in container.without_mknod_unless_asked(keep, ["mknod"], device_rules=False)
+    assert "CAP_MKNOD" in container.without_mknod_unless_asked(keep, ["ALL"], device_rules=False)
+    disk = openable_host_disk()
+    if disk is None:
+        pytest.skip("the host itself can open none of its disks")
+    # What such a container meets, for real: no device rules, no CAP_MKNOD.
+    status, out, err, _ = run_inside(f"mknod /tmp/disk b {disk.replace(':', ' ')}; echo mknod=$?",
+                                     device_rules=False, cap_drop=["MKNOD"])
+    assert out == "mknod=1\n" and "Operation not permitted" in err, (out, err)
+
+
 def test_fork_bomb_ends_at_pids_max_and_the_host_carries_on():
     c = Container()
     c.start(["/bin/sh", "-c", "i=0; while [ $i -lt 2000 ]; do sleep 30 & i=$((i+1)); done; echo done"])
