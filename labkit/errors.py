@@ -40,7 +40,7 @@ class KernelError(LabkitError):
     def __init__(self, step: str, err: int, detail: str = "") -> None:
         self.step = step
         self.errno = err
-        name = _errno.errorcode.get(err, str(err))
+        name = _errno.errorcode.get(err, str(err)) if err else "an exception"
         what = detail or os.strerror(err)
         super().__init__(f"{step} failed with {name}: {what}", _hint_for(err))
 

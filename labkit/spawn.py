@@ -294,8 +294,8 @@ def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags
         os._exit(0)
     except OSError as e:
         _report(status_w, step, e)
-    except BaseException:
-        pass
+    except BaseException as e:                      # a bug in a hook: still say which step
+        _report(status_w, step, OSError(0, f"{type(e).__name__}: {e}"))
     os._exit(125)
 
 
@@ -318,8 +318,8 @@ def _exec_child(argv: list[str], prims: list[Primitive], env: dict[str, str],
         os.execvpe(argv[0], argv, env)
     except OSError as e:
         _report(status_w, step, e)
-    except BaseException:
-        pass
+    except BaseException as e:                      # a bug in a hook: still say which step
+        _report(status_w, step, OSError(0, f"{type(e).__name__}: {e}"))
     os._exit(125)
 
 

@@ -164,6 +164,18 @@ def test_a_refused_step_names_the_step_and_errno(no_leaks):
     assert "/nonexistent-labkit-dir" in str(info.value)
 
 
+class BuggyEnter(spawn.Primitive):
+    name = "buggy"
+
+    def enter(self) -> None:
+        raise ValueError("not a syscall error")
+
+
+def test_an_exception_in_a_child_hook_is_reported_not_swallowed(no_leaks):
+    with pytest.raises(KernelError, match="buggy: enter failed with an exception: ValueError: not a syscall error"):
+        spawn.run(["true"], [pid.PidNamespace(), BuggyEnter()])
+
+
 def test_the_container_dies_with_its_parent():
     """PR_SET_PDEATHSIG: a kill -9 of the launcher takes the container with it."""
     code = ("import sys, time; from labkit import spawn, pid;"
