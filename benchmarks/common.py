@@ -17,6 +17,18 @@ def timed(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def sample(ways: dict[str, Callable[[], object]], runs: int) -> dict[str, list[float]]:
+    """Time each way ``runs`` times, in turns (after one warm-up call each), so
+    the machine's noise falls on every way alike; milliseconds per way."""
+    for fn in ways.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(runs):
+        for name, fn in ways.items():
+            samples[name].append(timed(fn))
+    return samples
+
+
 def run_checked(argv: list[str]) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 

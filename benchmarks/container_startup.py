@@ -34,7 +34,7 @@ import tempfile
 import time
 from typing import Callable
 
-from common import run_checked, runc_bundle, timed
+from common import run_checked, runc_bundle, sample
 
 from labkit import cgroups, rootfs
 from labkit.container import DEFAULT_LIMITS, Container
@@ -98,12 +98,7 @@ def main() -> int:
         if runc:
             counter = iter(range(10**6))
             ways["runc"] = lambda: run_checked(runc + [f"labkit-bench-{os.getpid()}-{next(counter)}"])
-        samples: dict[str, list[float]] = {name: [] for name in ways}
-        for fn in ways.values():
-            fn()                                        # warm caches once
-        for _ in range(args.runs):
-            for name, fn in ways.items():
-                samples[name].append(timed(fn))
+        samples = sample(ways, args.runs)
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
     print(f"full container start-to-exit of /bin/true, {args.runs} runs each, {os.cpu_count()} CPUs")

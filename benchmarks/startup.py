@@ -23,7 +23,7 @@ import sys
 import tempfile
 from typing import Callable
 
-from common import run_checked, runc_bundle, timed
+from common import run_checked, runc_bundle, sample
 
 from labkit import ipc, pid, rootfs, spawn, uts
 
@@ -58,12 +58,7 @@ def main() -> int:
         if runc:
             counter = iter(range(10**6))
             ways["runc"] = lambda: run_checked(runc + [f"labkit-bench-{os.getpid()}-{next(counter)}"])
-        samples: dict[str, list[float]] = {name: [] for name in ways}
-        for fn in ways.values():
-            fn()                                    # warm caches once
-        for _ in range(runs):
-            for name, fn in ways.items():
-                samples[name].append(timed(fn))
+        samples = sample(ways, runs)
 
     ref = statistics.median(samples["unshare(1)"])
     print(f"container start-to-exit of /bin/true, pid+uts+ipc+mount namespaces, {runs} runs each, "
