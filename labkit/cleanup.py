@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import time
 
 from . import kernel
+from .cgroups.v1 import kill_procs
 
 RUN_DIR = "/run/labkit"
 NETNS_DIR = "/run/netns"
@@ -79,30 +78,13 @@ def remove_cgroups() -> list[str]:
     """
     removed = []
     for group in labkit_cgroups():
-        for attempt in range(50):
-            pids = _procs(group)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
+        kill_procs([group], timeout=1.0)
         try:
             os.rmdir(group)
             removed.append(f"cgroup {group}")
         except FileNotFoundError:
             pass
     return removed
-
-
-def _procs(group: str) -> list[int]:
-    try:
-        with open(os.path.join(group, "cgroup.procs")) as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
 def remove_trace_instances() -> list[str]:

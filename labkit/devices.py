@@ -22,6 +22,7 @@ import errno
 import os
 import time
 
+from .cgroups.v1 import kill_procs
 from .errors import LabkitError, UsageError
 from .spawn import Primitive
 
@@ -107,29 +108,18 @@ class DeviceCgroup(Primitive):
             self.procs_fd = None
         if not self.made:
             return
+        kill_procs([self.path])                   # a group holding processes cannot go
         for _ in range(500):
             try:
                 os.rmdir(self.path)
                 break
             except FileNotFoundError:
                 break
-            except OSError as e:
+            except OSError as e:                  # EBUSY while the killed ones exit
                 if e.errno != errno.EBUSY:
                     raise
-                for pid in self._procs():
-                    try:
-                        os.kill(pid, 9)
-                    except ProcessLookupError:
-                        pass
                 time.sleep(0.01)
         self.made = False
-
-    def _procs(self) -> list[int]:
-        try:
-            with open(os.path.join(self.path, "cgroup.procs")) as f:
-                return [int(p) for p in f.read().split()]
-        except FileNotFoundError:
-            return []
 
     def _write(self, file: str, text: str) -> None:
         with open(os.path.join(self.path, file), "w") as f:

@@ -22,6 +22,7 @@ import errno
 import os
 import signal
 import time
+from typing import Iterable
 
 # Logical controller -> the v1 hierarchies that serve it (CPU usage is cpuacct's).
 HIERARCHIES: dict[str, tuple[str, ...]] = {
@@ -51,6 +52,32 @@ def parse_io_service_bytes(text: str, device: str) -> dict[str, int]:
             result[fields[1]] = int(fields[2])
     return result
 
+
+
+def procs_of(directories: Iterable[str]) -> list[int]:
+    """The PIDs listed in cgroup.procs of these group directories (a gone group has none)."""
+    found: set[int] = set()
+    for d in directories:
+        try:
+            with open(os.path.join(d, "cgroup.procs")) as f:
+                found |= {int(p) for p in f.read().split()}
+        except FileNotFoundError:
+            pass
+    return sorted(found)
+
+
+def kill_procs(directories: Iterable[str], timeout: float = 5.0) -> None:
+    """SIGKILL the processes of these groups until none is left (a fork may race
+    us): v1 has no cgroup.kill."""
+    directories = list(directories)
+    deadline = time.monotonic() + timeout
+    while (pids := procs_of(directories)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
 
 class V1Group:
     """``<mount of each hierarchy>/labkit/<name>`` for the controllers given."""
@@ -100,25 +127,10 @@ class V1Group:
                 f.write(str(pid))
 
     def procs(self) -> list[int]:
-        found: set[int] = set()
-        for d in self.all_dirs():
-            try:
-                with open(os.path.join(d, "cgroup.procs")) as f:
-                    found |= {int(p) for p in f.read().split()}
-            except FileNotFoundError:
-                pass
-        return sorted(found)
+        return procs_of(self.all_dirs())
 
     def kill(self, timeout: float = 5.0) -> None:
-        """SIGKILL the group's processes until none is left (a fork may race us)."""
-        deadline = time.monotonic() + timeout
-        while (pids := self.procs()) and time.monotonic() < deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.01)
+        kill_procs(self.all_dirs(), timeout)
 
     def remove(self) -> None:
         """rmdir the group in each hierarchy; gone already is fine. A group
