@@ -35,19 +35,8 @@ if ! command -v systemctl >/dev/null; then
     exit 1
 fi
 
-# put MODE PATH: write standard input to PATH only if its content differs.
-put() {
-    local mode=$1 path=$2 new
-    new=$(cat)
-    if [ -f "$path" ] && [ "$(cat "$path")" = "$new" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
-        return
-    fi
-    mkdir -p "$(dirname "$path")"
-    printf '%s\n' "$new" > "$path.new"
-    chmod "$mode" "$path.new"
-    mv "$path.new" "$path"
-    changed+=("$path")
-}
+# shellcheck source=scripts/put.sh
+. "$repo/scripts/put.sh"
 
 # The token: 48 hex digits from the kernel's random pool, made once and kept.
 mkdir -p "$state"

@@ -27,18 +27,8 @@ fi
 
 "$repo/scripts/setup.sh"
 
-# put MODE PATH: write standard input to PATH only if its content differs.
-put() {
-    local mode=$1 path=$2 new
-    new=$(cat)
-    if [ -f "$path" ] && [ "$(cat "$path")" = "$new" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
-        return
-    fi
-    printf '%s\n' "$new" > "$path.new"
-    chmod "$mode" "$path.new"
-    mv "$path.new" "$path"
-    changed+=("$path")
-}
+# shellcheck source=scripts/put.sh
+. "$repo/scripts/put.sh"
 
 put 644 /etc/profile.d/labkit.sh <<EOF
 # labkit: the lab's venv (made by $repo/vagrant/provision.sh)
