@@ -22,6 +22,7 @@ import errno
 import os
 import time
 
+from .cgroups import open_self_move
 from .cgroups.v1 import kill_procs
 from .errors import LabkitError, UsageError
 from .spawn import Primitive
@@ -54,8 +55,8 @@ class DeviceCgroup(Primitive):
     """``labkit/<name>`` in the devices hierarchy, allowing only ``allowed``.
 
     prepare() makes the group, denies everything, adds each rule, and opens its
-    ``cgroup.procs``; enter() writes "0" to it (the writer moves itself, as
-    cgroups.Cgroup does); release() kills what is left and removes the group.
+    ``tasks`` file; enter() writes "0" to it (the writer moves itself, as
+    cgroups.Cgroup does, see cgroups.open_self_move); release() kills what is left and removes the group.
     """
 
     name = "devices"
@@ -80,7 +81,7 @@ class DeviceCgroup(Primitive):
             self._write("devices.deny", "a")
             for rule in self.allowed:
                 self._write("devices.allow", rule)
-            self.procs_fd = os.open(os.path.join(self.path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+            self.procs_fd = open_self_move(self.path)
         except FileExistsError:
             raise LabkitError(f"device cgroup {self.path} exists already",
                               "choose another name, or run `labkit cleanup` to remove leftovers") from None

@@ -12,9 +12,9 @@ setns(2): a process joins an existing namespace through an open
   caller then chroot(2)s into /proc/PID/root, opened before the join, as
   nsenter(1) does.
 
-The process also joins the container's cgroups: the parent opens their
-``cgroup.procs`` files and the new process writes "0" to them (it moves itself),
-so it counts against the same limits.
+The process also joins the container's cgroups: the parent opens the file
+that joins each (cgroups.open_self_move) and the new process writes "0" to
+them (it moves itself), so it counts against the same limits.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 
 from . import kernel
+from .cgroups import open_self_move
 from .errors import LabkitError
 from .spawn import Primitive
 
@@ -73,7 +74,7 @@ class JoinNamespaces(Primitive):
                     self.user |= ns == "user"
             self.root_fd = os.open(f"/proc/{self.pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             for d in cgroup_dirs(self.pid):
-                self.procs_fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+                self.procs_fds.append(open_self_move(d))
         except (FileNotFoundError, ProcessLookupError):
             self.release()
             raise LabkitError(f"the container (host PID {self.pid}) is not running", "see labkit ps") from None

@@ -132,6 +132,24 @@ def controllers() -> dict[str, str]:
     return found
 
 
+def open_self_move(directory: str) -> int:
+    """Open the file through which a process moves *itself* into the group at
+    ``directory``, by writing "0" to it (cgroups(7): 0 means the writer).
+
+    A v1 group has ``tasks``: "0" there moves the calling thread, and the
+    container's PID 1 is single-threaded when it writes, so that is the whole
+    process. A thread moving itself lets the kernel skip the global lock that
+    holds every thread group still (cgroup_threadgroup_rwsem, whose writer
+    waits for an RCU grace period: about 15 ms on this lab's hosts; see
+    cgroup_procs_write_start in kernel/cgroup/cgroup.c). A v2 domain group
+    takes whole processes only, through ``cgroup.procs`` (``cgroup.threads``
+    works only inside a threaded subtree), and pays the grace period.
+    """
+    tasks = os.path.join(directory, "tasks")
+    path = tasks if os.path.exists(tasks) else os.path.join(directory, "cgroup.procs")
+    return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+
+
 def block_device(path: str) -> str:
     """"MAJ:MIN" of the disk holding ``path`` (a partition's whole disk: the
     I/O throttle applies to disks, blkio-controller.rst) or of ``path`` itself
@@ -155,9 +173,10 @@ class Cgroup(Primitive):
     ``Cgroup("web", cpu=0.5, memory="64M", pids=32, io_write_bps="2MB/s",
     io_device="/dev/loop3")``; the I/O limits apply to ``io_device``'s disk
     (default: the disk holding /). As a Primitive, prepare() makes the group,
-    writes the limits and opens each hierarchy's ``cgroup.procs``; enter() (in
-    the container's first process, before any other enter()) writes "0" to them,
-    which moves the writer itself (cgroups(7)); its children inherit the group.
+    writes the limits and opens each hierarchy's file to join it (``tasks`` on
+    v1, ``cgroup.procs`` on v2: ``open_self_move``); enter() (in the container's
+    first process, before any other enter()) writes "0" to them, which moves
+    the writer itself (cgroups(7)); its children inherit the group.
     release() kills what is left and removes it. As a context manager it does
     prepare() and release() around a block.
     """
@@ -185,9 +204,11 @@ class Cgroup(Primitive):
         self.device = block_device(io_device or "/") if "io" in needed else ""
         v1_mounts, unified = mounts()
         on = lambda version: sorted(c for c, v in self.versions.items() if v == version)
-        # The v2 group is made whenever a v2 tree exists, even with no controller
-        # on v2: its core files (cgroup.kill, cgroup.events, cpu.stat) work anyway.
-        self.v2 = v2.V2Group(unified, name, on("v2")) if unified else None
+        # A v2 group is made for the controllers on v2, or, with none on v1 either,
+        # for its core files (cgroup.kill, cgroup.events, cpu.stat). On a hybrid host
+        # whose v2 tree serves none of ours, joining it would only cost PID 1 an
+        # RCU grace period (open_self_move).
+        self.v2 = v2.V2Group(unified, name, on("v2")) if unified and (on("v2") or not on("v1")) else None
         self.v1 = v1.V1Group(v1_mounts, name, on("v1")) if on("v1") else None
         self.made: list[v1.V1Group | v2.V2Group] = []
         self.procs_fds: list[int] = []
@@ -210,8 +231,7 @@ class Cgroup(Primitive):
                 if row.name in self.values:
                     self._set(row)
             for path in self.paths():
-                self.procs_fds.append(os.open(os.path.join(path, "cgroup.procs"),
-                                              os.O_WRONLY | os.O_CLOEXEC))
+                self.procs_fds.append(open_self_move(path))
         except FileExistsError:
             self.release()
             raise LabkitError(f"cgroup labkit/{self.group} exists already",
@@ -234,7 +254,7 @@ class Cgroup(Primitive):
     def enter(self) -> None:
         """Move the calling process (the container's PID 1) into the group.
 
-        cgroups(7): writing "0" to cgroup.procs moves the writer. The files were
+        cgroups(7): writing "0" moves the writer (open_self_move). The files were
         opened by the parent: since Linux 5.16 the kernel checks the permission
         to migrate with the credentials (and cgroup namespace) of the opener,
         so this works after a user namespace's setresuid(2) too. Only PID 1 and
