@@ -8,14 +8,16 @@
                                         write "U" ──┐
     join(pid_A) each primitive ◀────────────────────┘
     write "G" ────────────────────────▶ fork (only if CLONE_NEWPID) ──▶ enter() each primitive
-                                        report B's wait status         execve(CMD)
+                                        write "P<pid of B>"            execve(CMD)
+                                        report B's wait status
     wait A; release() each primitive, on every path
 
 Why two forks: unshare(CLONE_NEWPID) does not move the caller into the new PID
 namespace; only the caller's next child is born there, as its PID 1
 (pid_namespaces(7)). Why the parent waits for "U" before join(): a uid_map can
 only be written, a veth only moved, once the child's namespaces exist
-(user_namespaces(7), network_namespaces(7)).
+(user_namespaces(7), network_namespaces(7)). When no primitive has a join(),
+there is nothing to wait for: child A goes on without "U" and "G".
 
 Between fork and execve the child only makes syscalls through labkit.kernel
 and os: no imports, no locks, no logging, since the parent (a notebook kernel)
@@ -23,7 +25,8 @@ may be multi-threaded and a lock held by another thread at fork time is never
 released in the child. A failed step is written to the status pipe as
 ``E<step>\\0<errno>\\0<message>`` and raised in the parent as a LabkitError.
 The status pipe is close-on-exec: when the parent reads end-of-file, the
-command has been executed.
+command has been executed. Child A writes B's PID, and later B's wait status,
+to a second pipe, the relay pipe, so the parent wakes once, at end-of-file.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ DEFAULT_ENV = {
 
 
 class Primitive:
-    """One isolation primitive: the namespaces it needs and its four hooks.
+    """One isolation primitive: the namespaces it needs and its five hooks.
 
     ``flags`` are the CLONE_NEW* bits child A passes to unshare(2). The hooks
     run in the order the primitives are given; ``release()`` in reverse order.
@@ -102,7 +105,7 @@ class Process:
     """
 
     def __init__(self, argv: Sequence[str], primitives: list[Primitive], pid_a: int,
-                 pid: int, exit_r: int, stdout: IO[bytes] | None,
+                 pid: int, relay: "_Lines", stdout: IO[bytes] | None,
                  stderr: IO[bytes] | None) -> None:
         self.argv = list(argv)
         self.primitives = primitives
@@ -111,7 +114,7 @@ class Process:
         self.stdout = ""
         self.stderr = ""
         self._pid_a = pid_a
-        self._exit_r = exit_r
+        self._relay = relay
         self._out, self._err = stdout, stderr
         self._released = False
 
@@ -146,8 +149,8 @@ class Process:
             finally:
                 os.close(pidfd)
         _, status = os.waitpid(self._pid_a, 0)
-        reported = _read_all(self._exit_r)        # B's status, relayed by A
-        os.close(self._exit_r)
+        reported = self._relay.rest()             # B's status, relayed by A
+        os.close(self._relay.fd)
         if reported:
             status = int(reported)
         self.returncode = os.waitstatus_to_exitcode(status)
@@ -227,9 +230,11 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
     for p in prims:
         flags |= p.flags
         fork_b |= p.joins_pid_namespace
+    # Child A waits for "G" only when a primitive has work for join().
+    joins = [p for p in prims if type(p).join is not Primitive.join]
     status_r, status_w = os.pipe2(os.O_CLOEXEC)   # children -> parent; EOF = exec'd
     go_r, go_w = os.pipe2(os.O_CLOEXEC)           # parent -> child A: "G"
-    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)       # child A -> parent: B's wait status
+    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)       # child A -> parent: "P<pid>", B's wait status
     out = _memory_file("labkit-stdout") if capture else None
     err = _memory_file("labkit-stderr") if capture else None
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if capture else 0
@@ -239,18 +244,20 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
 
     pid_a = os.fork()
     if pid_a == 0:
-        _child_a(argv, prims, env, flags, fork_b, stdio, status_w, go_r, exit_w)  # never returns
+        _child_a(argv, prims, env, flags, fork_b, bool(joins), stdio, status_w, go_r, exit_w)
     for fd in (status_w, go_r, exit_w) + ((stdin,) if capture else ()):
         os.close(fd)
 
     lines = _Lines(status_r)
     try:
-        _expect(lines.next(), b"U", argv[0])
-        for p in prims:
-            p.join(pid_a)
-        os.write(go_w, b"G")
-        pid = int(_expect(lines.next(), b"P", argv[0]))
+        if joins:
+            _expect(lines.next(), b"U", argv[0])
+            for p in joins:
+                p.join(pid_a)
+            os.write(go_w, b"G")
         _expect(lines.next(), None, argv[0])       # end of file: execve succeeded
+        relay = _Lines(exit_r)
+        pid = int(_expect(relay.next(), b"P", argv[0]))
     except BaseException:
         os.close(go_w)                             # child A reads EOF and gives up
         _kill_and_reap(pid_a)
@@ -259,12 +266,12 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
     finally:
         os.close(status_r)
     os.close(go_w)
-    return Process(argv, prims, pid_a, pid, exit_r, out, err)
+    return Process(argv, prims, pid_a, pid, relay, out, err)
 
 
 def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags: int,
-             fork_b: bool, stdio: tuple[int, int, int], status_w: int, go_r: int,
-             exit_w: int) -> None:
+             fork_b: bool, wait_for_joins: bool, stdio: tuple[int, int, int], status_w: int,
+             go_r: int, exit_w: int) -> None:
     """Child A: unshare (or setns), wait for the parent's joins, then become or fork PID 1."""
     step = "prctl(PR_SET_PDEATHSIG)"
     try:
@@ -274,20 +281,21 @@ def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags
         for p in prims:
             step = f"{p.name}: setns"
             p.setns()
-        os.write(status_w, b"U\n")
-        if os.read(go_r, 1) != b"G":
-            os._exit(125)                           # the parent gave up
+        if wait_for_joins:
+            os.write(status_w, b"U\n")
+            if os.read(go_r, 1) != b"G":
+                os._exit(125)                       # the parent gave up
         if not (flags & kernel.CLONE_NEWPID or fork_b):
-            os.write(status_w, b"P%d\n" % os.getpid())
+            os.write(exit_w, b"P%d\n" % os.getpid())
             _exec_child(argv, prims, env, stdio, status_w)
-        pid_b = os.fork()
+        pid_b = kernel.fork_single_threaded()     # A has one thread: no os.fork() work needed
         if pid_b == 0:
             kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
             _exec_child(argv, prims, env, stdio, status_w)
         # A stays only to relay B's status; the terminal's ^C is for B, not us.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGQUIT,
                                                   signal.SIGTERM, signal.SIGHUP})
-        os.write(status_w, b"P%d\n" % pid_b)
+        os.write(exit_w, b"P%d\n" % pid_b)       # before the parent can see EOF on status
         os.close(status_w)
         _, status = os.waitpid(pid_b, 0)
         os.write(exit_w, b"%d" % status)
@@ -345,6 +353,13 @@ class _Lines:
         line, self.buf = self.buf.split(b"\n", 1)
         return line
 
+    def rest(self) -> bytes:
+        """Everything until end of file."""
+        data, self.buf = self.buf, b""
+        while chunk := os.read(self.fd, 4096):
+            data += chunk
+        return data
+
 
 def _expect(line: bytes, tag: bytes | None, command: str) -> str:
     """Return the message's body if it has ``tag``; raise the child's error."""
@@ -376,13 +391,6 @@ def _kill_and_reap(pid: int) -> None:
     except ProcessLookupError:
         pass
     os.waitpid(pid, 0)
-
-
-def _read_all(fd: int) -> bytes:
-    data = b""
-    while chunk := os.read(fd, 4096):
-        data += chunk
-    return data
 
 
 def _memory_file(name: str) -> IO[bytes]:
