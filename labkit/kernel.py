@@ -169,15 +169,18 @@ def setdomainname(name: str) -> None:
 def fork_single_threaded() -> int:
     """fork(2) for a caller that has one thread: 0 in the child, its PID in the parent.
 
-    os.fork() is fork(2) plus CPython's own work for a parent with other
-    threads: it re-initialises the locks they may have held and runs the
-    os.register_at_fork() handlers (threading's resets every Thread object,
-    random's reseeds). In the child, every Python object that work touches is
-    a page the kernel must copy first (copy-on-write, fork(2)): about 200 page
-    faults, 0.4 ms here. A caller with one thread has no such locks, so it can
-    call fork(2) directly, holding the GIL (ctypes.PyDLL), and get an exact
-    copy of itself. spawn.py's child A is such a caller: it was born of
-    os.fork() and never starts a thread. Anywhere else, use os.fork().
+    os.fork() is fork(2) plus CPython's own work: it re-initialises the locks
+    that other threads may have held, and runs the os.register_at_fork()
+    handlers (threading's resets its Thread objects; random's reseeds, so
+    that parent and child draw different numbers). In the child, every
+    Python object that work touches is a page the kernel must copy first
+    (copy-on-write, fork(2)): about 200 page faults, 0.4 ms on this lab's
+    hosts. A caller with one thread holds no lock another thread could have
+    left taken, so it may call fork(2) directly, keeping the GIL across the
+    call (ctypes.PyDLL): the child's one thread then owns the GIL, as the
+    caller's did. spawn.py's child A is such a caller (a child of os.fork()
+    never starts a thread), and its child execs a program without drawing a
+    random number. Anywhere else, use os.fork().
     """
     return _check(_libc_gil.fork(), "fork")
 

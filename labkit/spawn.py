@@ -288,8 +288,10 @@ def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags
         if not (flags & kernel.CLONE_NEWPID or fork_b):
             os.write(exit_w, b"P%d\n" % os.getpid())
             _exec_child(argv, prims, env, stdio, status_w)
+        step = "fork"
         pid_b = kernel.fork_single_threaded()     # A has one thread: no os.fork() work needed
         if pid_b == 0:
+            step = "prctl(PR_SET_PDEATHSIG)"
             kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
             _exec_child(argv, prims, env, stdio, status_w)
         # A stays only to relay B's status; the terminal's ^C is for B, not us.

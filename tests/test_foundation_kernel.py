@@ -192,6 +192,32 @@ def test_the_container_dies_with_its_parent():
     assert not os.path.exists(f"/proc/{container}")
 
 
+def test_fork_single_threaded_is_fork_without_cpythons_at_fork_work():
+    """In a one-thread child of os.fork() (spawn's child A), kernel.fork_single_threaded()
+    makes a real child whose parent is the caller, and runs no os.register_at_fork()
+    handler; os.fork() in the same place runs it."""
+    r, w = os.pipe()
+    child_a = os.fork()
+    if child_a == 0:
+        try:
+            ran: list[str] = []
+            os.register_at_fork(after_in_child=lambda: ran.append("at-fork handler"))
+            for way, fork in (("fork(2)", kernel.fork_single_threaded), ("os.fork", os.fork)):
+                child = fork()
+                if child == 0:
+                    os.write(w, b"%s %d %d\n" % (way.encode(), os.getppid(), len(ran)))
+                    os._exit(0)
+                if os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) != 0:
+                    os._exit(2)
+            os._exit(0)
+        except BaseException:
+            os._exit(3)
+    os.close(w)
+    with os.fdopen(r) as f:
+        reports = f.read().split("\n")[:-1]
+    assert os.waitstatus_to_exitcode(os.waitpid(child_a, 0)[1]) == 0
+    assert reports == [f"fork(2) {child_a} 0", f"os.fork {child_a} 1"], reports
+
 # ---- the CLI, as a user runs it -------------------------------------------------
 
 def test_cli_run_prints_hostname_and_passes_exit_status():
