@@ -16,7 +16,7 @@ import os
 
 # CDLL(None) is the running program, which links the C library (glibc or musl).
 _libc = ctypes.CDLL(None, use_errno=True)
-# The same library, called without releasing the GIL (see fork_single_threaded).
+# The same library, called without releasing the GIL (see fork).
 _libc_gil = ctypes.PyDLL(None, use_errno=True)
 
 # Namespace flags, from <linux/sched.h>; see namespaces(7).
@@ -166,22 +166,29 @@ def setdomainname(name: str) -> None:
     _check(_libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname")
 
 
-def fork_single_threaded() -> int:
-    """fork(2) for a caller that has one thread: 0 in the child, its PID in the parent.
+def threads() -> int:
+    """How many threads the calling process has: /proc/self/task has one entry each (proc(5))."""
+    return len(os.listdir("/proc/self/task"))
 
-    os.fork() is fork(2) plus CPython's own work: it re-initialises the locks
-    that other threads may have held, and runs the os.register_at_fork()
-    handlers (threading's resets its Thread objects; random's reseeds, so
-    that parent and child draw different numbers). In the child, every
-    Python object that work touches is a page the kernel must copy first
-    (copy-on-write, fork(2)): about 200 page faults, 0.4 ms on this lab's
-    hosts. A caller with one thread holds no lock another thread could have
-    left taken, so it may call fork(2) directly, keeping the GIL across the
-    call (ctypes.PyDLL): the child's one thread then owns the GIL, as the
-    caller's did. spawn.py's child A is such a caller (a child of os.fork()
-    never starts a thread), and its child execs a program without drawing a
-    random number. Anywhere else, use os.fork().
+
+def fork() -> int:
+    """fork(2) for a child that will execve or _exit, never return to its
+    caller's code: 0 in the child, the child's PID in the parent.
+
+    os.fork() is fork(2) plus CPython's own work for the child: it
+    re-initialises the locks that other threads may have held, and runs the
+    os.register_at_fork() handlers (threading's resets its Thread objects;
+    random's reseeds). Every Python object that work touches is a page the
+    kernel must copy for the child first (copy-on-write, fork(2)): about 200
+    page faults, 0.4 ms on this lab's hosts. A process with one thread holds
+    no lock another thread could have left taken, and a child that only
+    makes system calls needs no handler, so with one thread this calls
+    fork(2) directly, keeping the GIL across the call (ctypes.PyDLL): the
+    child's one thread owns the GIL as the caller's did. With more threads (a
+    notebook's kernel has several) it is os.fork().
     """
+    if threads() > 1:
+        return os.fork()
     return _check(_libc_gil.fork(), "fork")
 
 

@@ -242,7 +242,7 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
     if given is not None and not capture:
         stdio = given
 
-    pid_a = os.fork()
+    pid_a = kernel.fork()
     if pid_a == 0:
         _child_a(argv, prims, env, flags, fork_b, bool(joins), stdio, status_w, go_r, exit_w)
     for fd in (status_w, go_r, exit_w) + ((stdin,) if capture else ()):
@@ -289,7 +289,7 @@ def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags
             os.write(exit_w, b"P%d\n" % os.getpid())
             _exec_child(argv, prims, env, stdio, status_w)
         step = "fork"
-        pid_b = kernel.fork_single_threaded()     # A has one thread: no os.fork() work needed
+        pid_b = kernel.fork()
         if pid_b == 0:
             step = "prctl(PR_SET_PDEATHSIG)"
             kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)

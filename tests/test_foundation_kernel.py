@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -192,31 +193,46 @@ def test_the_container_dies_with_its_parent():
     assert not os.path.exists(f"/proc/{container}")
 
 
-def test_fork_single_threaded_is_fork_without_cpythons_at_fork_work():
-    """In a one-thread child of os.fork() (spawn's child A), kernel.fork_single_threaded()
-    makes a real child whose parent is the caller, and runs no os.register_at_fork()
-    handler; os.fork() in the same place runs it."""
+def test_kernel_fork_skips_cpythons_at_fork_work_only_with_one_thread():
+    """kernel.fork() in a process with one thread (here a child of os.fork(), as spawn's
+    child A) is fork(2) itself: a real child, and no os.register_at_fork() handler runs.
+    With a second thread alive it is os.fork(), which runs them."""
     r, w = os.pipe()
     child_a = os.fork()
     if child_a == 0:
         try:
             ran: list[str] = []
             os.register_at_fork(after_in_child=lambda: ran.append("at-fork handler"))
-            for way, fork in (("fork(2)", kernel.fork_single_threaded), ("os.fork", os.fork)):
+
+            def report(way: str, fork) -> None:
+                threads = kernel.threads()
                 child = fork()
                 if child == 0:
-                    os.write(w, b"%s %d %d\n" % (way.encode(), os.getppid(), len(ran)))
+                    os.write(w, b"%s: %d thread(s), parent %d, handlers run %d\n"
+                             % (way.encode(), threads, os.getppid(), len(ran)))
                     os._exit(0)
                 if os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) != 0:
                     os._exit(2)
+
+            report("kernel.fork", kernel.fork)
+            report("os.fork", os.fork)
+            stop = threading.Event()
+            second = threading.Thread(target=stop.wait)
+            second.start()
+            report("kernel.fork", kernel.fork)
+            stop.set()
+            second.join()
             os._exit(0)
         except BaseException:
             os._exit(3)
     os.close(w)
     with os.fdopen(r) as f:
-        reports = f.read().split("\n")[:-1]
+        reports = f.read().splitlines()
     assert os.waitstatus_to_exitcode(os.waitpid(child_a, 0)[1]) == 0
-    assert reports == [f"fork(2) {child_a} 0", f"os.fork {child_a} 1"], reports
+    assert reports == [f"kernel.fork: 1 thread(s), parent {child_a}, handlers run 0",
+                       f"os.fork: 1 thread(s), parent {child_a}, handlers run 1",
+                       f"kernel.fork: 2 thread(s), parent {child_a}, handlers run 1"], reports
+
 
 # ---- the CLI, as a user runs it -------------------------------------------------
 
