@@ -189,6 +189,12 @@ def fork() -> int:
     """
     if threads() > 1:
         return os.fork()
+    return fork_single_threaded()
+
+
+def fork_single_threaded() -> int:
+    """fork(2) directly, as fork() does for a caller known to have one thread
+    without asking /proc (after a chroot, /proc may be another PID namespace's)."""
     return _check(_libc_gil.fork(), "fork")
 
 

@@ -289,7 +289,7 @@ def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags
             os.write(exit_w, b"P%d\n" % os.getpid())
             _exec_child(argv, prims, env, stdio, status_w)
         step = "fork"
-        pid_b = kernel.fork()
+        pid_b = kernel.fork_single_threaded()     # a fork's child: one thread (kernel.fork)
         if pid_b == 0:
             step = "prctl(PR_SET_PDEATHSIG)"
             kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
