@@ -56,7 +56,8 @@ class DeviceCgroup(Primitive):
 
     prepare() makes the group, denies everything, adds each rule, and opens its
     ``tasks`` file; enter() writes "0" to it (the writer moves itself, as
-    cgroups.Cgroup does, see cgroups.open_self_move); release() kills what is left and removes the group.
+    cgroups.Cgroup does: cgroups.open_self_move); release() kills what is left
+    and removes the group.
     """
 
     name = "devices"

@@ -234,7 +234,7 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
     joins = [p for p in prims if type(p).join is not Primitive.join]
     status_r, status_w = os.pipe2(os.O_CLOEXEC)   # children -> parent; EOF = exec'd
     go_r, go_w = os.pipe2(os.O_CLOEXEC)           # parent -> child A: "G"
-    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)       # child A -> parent: "P<pid>", B's wait status
+    relay_r, relay_w = os.pipe2(os.O_CLOEXEC)     # child A -> parent: "P<pid>", B's wait status
     out = _memory_file("labkit-stdout") if capture else None
     err = _memory_file("labkit-stderr") if capture else None
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if capture else 0
@@ -244,8 +244,8 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
 
     pid_a = kernel.fork()
     if pid_a == 0:
-        _child_a(argv, prims, env, flags, fork_b, bool(joins), stdio, status_w, go_r, exit_w)
-    for fd in (status_w, go_r, exit_w) + ((stdin,) if capture else ()):
+        _child_a(argv, prims, env, flags, fork_b, bool(joins), stdio, status_w, go_r, relay_w)
+    for fd in (status_w, go_r, relay_w) + ((stdin,) if capture else ()):
         os.close(fd)
 
     lines = _Lines(status_r)
@@ -256,12 +256,12 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
                 p.join(pid_a)
             os.write(go_w, b"G")
         _expect(lines.next(), None, argv[0])       # end of file: execve succeeded
-        relay = _Lines(exit_r)
+        relay = _Lines(relay_r)
         pid = int(_expect(relay.next(), b"P", argv[0]))
     except BaseException:
         os.close(go_w)                             # child A reads EOF and gives up
         _kill_and_reap(pid_a)
-        os.close(exit_r)
+        os.close(relay_r)
         raise
     finally:
         os.close(status_r)
@@ -271,7 +271,7 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
 
 def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags: int,
              fork_b: bool, wait_for_joins: bool, stdio: tuple[int, int, int], status_w: int,
-             go_r: int, exit_w: int) -> None:
+             go_r: int, relay_w: int) -> None:
     """Child A: unshare (or setns), wait for the parent's joins, then become or fork PID 1."""
     step = "prctl(PR_SET_PDEATHSIG)"
     try:
@@ -286,7 +286,7 @@ def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags
             if os.read(go_r, 1) != b"G":
                 os._exit(125)                       # the parent gave up
         if not (flags & kernel.CLONE_NEWPID or fork_b):
-            os.write(exit_w, b"P%d\n" % os.getpid())
+            os.write(relay_w, b"P%d\n" % os.getpid())
             _exec_child(argv, prims, env, stdio, status_w)
         step = "fork"
         pid_b = kernel.fork_single_threaded()     # a fork's child: one thread (kernel.fork)
@@ -297,10 +297,10 @@ def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags
         # A stays only to relay B's status; the terminal's ^C is for B, not us.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGQUIT,
                                                   signal.SIGTERM, signal.SIGHUP})
-        os.write(exit_w, b"P%d\n" % pid_b)       # before the parent can see EOF on status
+        os.write(relay_w, b"P%d\n" % pid_b)       # before the parent can see EOF on status
         os.close(status_w)
         _, status = os.waitpid(pid_b, 0)
-        os.write(exit_w, b"%d" % status)
+        os.write(relay_w, b"%d" % status)
         os._exit(0)
     except OSError as e:
         _report(status_w, step, e)
