@@ -185,11 +185,13 @@ def fork() -> int:
     makes system calls needs no handler, so with one thread this calls
     fork(2) directly, keeping the GIL across the call (ctypes.PyDLL): the
     child's one thread owns the GIL as the caller's did. With more threads (a
-    notebook's kernel has several) it is os.fork().
+    notebook's kernel has several), or where /proc cannot tell, it is os.fork().
     """
-    if threads() > 1:
-        return os.fork()
-    return fork_single_threaded()
+    try:
+        alone = threads() == 1
+    except OSError:                 # no /proc showing us (a chroot): assume other threads
+        alone = False
+    return fork_single_threaded() if alone else os.fork()
 
 
 def fork_single_threaded() -> int:
