@@ -4,9 +4,10 @@ Documentation/admin-guide/cgroup-v1/cgroups.rst: each hierarchy is mounted
 with its own controllers (``/sys/fs/cgroup/memory``, ``/sys/fs/cgroup/cpu``...);
 a process belongs to one group in every hierarchy, so "the container's group"
 is a directory of the same name in each hierarchy it needs, and joining it
-means writing the PID to ``cgroup.procs`` in each. v1 has no cgroup.kill:
-removing a group means killing its processes one by one until
-``cgroup.procs`` is empty, then rmdir.
+means writing the PID to ``cgroup.procs`` in each (a one-thread process moving
+itself writes "0" to ``tasks`` instead, faster: see cgroups.open_self_move).
+v1 has no cgroup.kill: removing a group means killing its processes one by
+one until ``cgroup.procs`` is empty, then rmdir.
 
 Files used: cpu.cfs_quota_us with cpu.cfs_period_us (CFS bandwidth, see
 Documentation/scheduler/sched-bwc.rst), cpuacct.usage (ns of CPU used),
