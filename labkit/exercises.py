@@ -131,10 +131,18 @@ def build(outdir: str, notebooks: list[str]) -> list[tuple[str, int]]:
     return written
 
 
-def _text_of(output: nbformat.NotebookNode) -> str:
-    if output.output_type == "stream":
-        return output.text
-    return output.get("data", {}).get("text/plain", "")
+def _texts_of(cell: nbformat.NotebookNode) -> list[str]:
+    """What the cell showed: its stdout, and its stderr, each in one piece (the
+    kernel sends what a print writes in as many messages as its buffer was
+    flushed, so one line can arrive split in two), then each result's text."""
+    streams: dict[str, str] = {}
+    results = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            streams[output.name] = streams.get(output.name, "") + output.text
+        else:
+            results.append(output.get("data", {}).get("text/plain", ""))
+    return [*streams.values(), *results]
 
 
 def _expects_error(cell: nbformat.NotebookNode) -> bool:
@@ -155,8 +163,8 @@ def grade(path: str, nb: nbformat.NotebookNode) -> Report:
             checks[int(number)] = f"hint: its check cell (cell {index}) did not finish ({why})"
         if errors and not _expects_error(cell):
             report.crashed.append(f"cell {index}: {errors[0].ename}: {errors[0].evalue}")
-        for output in cell.outputs:
-            for number, verdict in RESULT_LINE.findall(_text_of(output)):
+        for text in _texts_of(cell):
+            for number, verdict in RESULT_LINE.findall(text):
                 found[int(number)] = Exercise(int(number), verdict == "passed",
                                               "" if verdict == "passed" else verdict[len("hint: "):])
     for number, why in checks.items():

@@ -153,6 +153,16 @@ def test_grade_reads_results_crashes_and_silent_checks() -> None:
     assert not report.passed
 
 
+def test_grade_reads_a_result_line_the_kernel_sent_in_two_pieces() -> None:
+    """print("exercise 2:", hint) makes several writes; the kernel may flush between them."""
+    nb = tiny_notebook('def check_exercise_2() -> str:\n    return "hint: count the shell"\n'
+                       'print(f"exercise 2:", check_exercise_2())')
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="exercise 2:"),
+                           nbformat.v4.new_output("stream", name="stdout", text=" hint: count the shell\n")]
+    [exercise] = exercises.grade("t.ipynb", nb).exercises
+    assert (exercise.number, exercise.passed, exercise.hint) == (2, False, "count the shell")
+
+
 def test_check_interrupts_a_cell_past_the_timeout_and_goes_on(tmp_path) -> None:
     path = tmp_path / "slow.ipynb"
     nbformat.write(tiny_notebook("import time\ntime.sleep(60)",
