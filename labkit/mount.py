@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 from . import kernel
 from .errors import UsageError
+from .mountinfo import MountEntry, read as read_mountinfo
 from .spawn import Primitive
 
 RUN_DIR = "/run/labkit"     # per-container overlay upper/work directories live here (root)
@@ -325,27 +326,7 @@ def _mask(path: str, dev_null: str) -> None:
         kernel.mount(dev_null, path, None, kernel.MS_BIND)
 
 
-class MountEntry(NamedTuple):
-    """One line of /proc/PID/mountinfo (proc(5)), the fields a reader needs."""
-
-    mount_id: int
-    parent_id: int
-    root: str            # the path inside the filesystem that is mounted here
-    mount_point: str     # where, relative to the reader's root
-    options: str         # per-mount options: rw/ro, nosuid ...
-    propagation: str     # optional fields: shared:N, master:N, or "private"
-    fstype: str
-    source: str
-
-
 def mountinfo(pid: int | str = "self") -> list[MountEntry]:
-    """The mount table of the mount namespace of ``pid``, as that process sees it."""
-    entries = []
-    with open(f"/proc/{pid}/mountinfo") as f:
-        for line in f:
-            left, right = line.rstrip("\n").split(" - ", 1)
-            fields = left.split()
-            fstype, source = right.split()[:2]
-            entries.append(MountEntry(int(fields[0]), int(fields[1]), fields[3], fields[4],
-                                      fields[5], " ".join(fields[6:]) or "private", fstype, source))
-    return entries
+    """The mount table of the mount namespace of ``pid``, as that process sees it
+    (labkit.mountinfo: the one reader of /proc/PID/mountinfo, escapes decoded)."""
+    return read_mountinfo(pid)

@@ -8,7 +8,8 @@ killer), number of tasks (pids), block I/O bytes per second (io / blkio).
 
 Two versions exist. v1 mounts one hierarchy per controller; v2 has one unified
 tree. Hosts mix them ("hybrid": some controllers on v1, the rest on v2), so the
-version is detected per controller from /proc/self/mounts and v2's
+version is detected per controller by ``layout`` (the one module that knows
+where cgroups are mounted, from /proc/self/mountinfo) and v2's
 ``cgroup.controllers``. A limit is a row of ``LIMITS``: its name, the v1 file,
 the v2 file, the parser of the user's value. Everything labkit makes lives
 under a ``labkit/`` parent in each hierarchy.
@@ -22,7 +23,7 @@ from typing import Callable, NamedTuple
 
 from ..errors import LabkitError, UsageError
 from ..spawn import Primitive
-from . import v1, v2
+from . import layout, v1, v2
 from .units import parse_count, parse_cpus, parse_rate, parse_size
 
 
@@ -99,35 +100,24 @@ class MissingControllerError(LabkitError):
                          f"command line) or drop that limit; see `labkit doctor`")
 
 
-def mounts() -> tuple[dict[str, str], str | None]:
-    """(v1 hierarchy name -> mount point, the cgroup2 mount point or None)."""
-    v1_mounts: dict[str, str] = {}
-    unified = None
-    wanted = {h for hs in v1.HIERARCHIES.values() for h in hs}
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            _, point, fstype, options = line.split()[:4]
-            if fstype == "cgroup":
-                for opt in options.split(","):
-                    if opt in wanted:
-                        v1_mounts.setdefault(opt, point)
-            elif fstype == "cgroup2" and unified is None:
-                unified = point
-    return v1_mounts, unified
+def mounts(where: layout.Layout | None = None) -> tuple[dict[str, str], str | None]:
+    """(v1 hierarchy name -> mount point, the cgroup2 mount point or None), from ``layout``."""
+    where = where or layout.read()
+    v1_mounts = {h: point for hs in v1.HIERARCHIES.values() for h in hs
+                 if (point := where.v1_mount(h)) is not None}
+    return v1_mounts, where.v2_mount
 
 
-def controllers() -> dict[str, str]:
-    """Logical controller (cpu, memory, pids, io) -> "v1" or "v2", as this host has it."""
-    v1_mounts, unified = mounts()
-    on_v2: list[str] = []
-    if unified:
-        with open(os.path.join(unified, "cgroup.controllers")) as f:
-            on_v2 = f.read().split()
+def controllers(where: layout.Layout | None = None) -> dict[str, str]:
+    """Logical controller (cpu, memory, pids, io) -> "v1" or "v2", as this host has it.
+    On v1 a logical controller is served by its first hierarchy (cpu, memory,
+    pids, blkio: v1.HIERARCHIES); on v2 by the controller of the same name."""
+    where = where or layout.read()
     found = {}
     for c, hierarchies in v1.HIERARCHIES.items():
-        if hierarchies[0] in v1_mounts:
+        if where.version(hierarchies[0]) == "v1":
             found[c] = "v1"
-        elif c in on_v2:
+        elif where.version(c) == "v2":
             found[c] = "v2"
     return found
 
@@ -196,13 +186,14 @@ class Cgroup(Primitive):
         needed = {row.controller for row in LIMITS if row.name in self.values}
         if io_device is not None:
             needed.add("io")                      # account the device's I/O even without a limit
-        host = controllers()
+        where = layout.read()                     # one look at the mount table
+        host = controllers(where)
         for c in sorted(needed):
             if c not in host:
                 raise MissingControllerError("blkio/io" if c == "io" else c)
         self.versions = {c: host[c] for c in needed | {c for c in ACCOUNTING if c in host}}
         self.device = block_device(io_device or "/") if "io" in needed else ""
-        v1_mounts, unified = mounts()
+        v1_mounts, unified = mounts(where)
         on = lambda version: sorted(c for c, v in self.versions.items() if v == version)
         # A v2 group is made for the controllers on v2, or, with none on v1 either,
         # for its core files (cgroup.kill, cgroup.events, cpu.stat). On a hybrid host
