@@ -8,7 +8,8 @@ granted or not), on cgroup changes (``cgroup:*``), on an OOM kill
 on fork, exec and exit (``sched:sched_process_*``). tracefs (Documentation/
 trace/ftrace.rst, events.rst) exposes them as files:
 
-- ``mkdir /sys/kernel/tracing/instances/NAME`` makes a private ring buffer with
+- ``mkdir TRACEFS/instances/NAME`` (tracefs is usually mounted at
+  /sys/kernel/tracing; see ``tracefs()`` for a host without it) makes a private ring buffer with
   its own event switches, so this trace does not disturb anyone else's;
 - ``set_event_pid`` restricts events to the listed PIDs, and the option
   ``event-fork`` adds each child they fork: written before the container's
@@ -17,7 +18,8 @@ trace/ftrace.rst, events.rst) exposes them as files:
   the events that did not fit (``overrun``, ``dropped events``), so a loss is
   reported, never silent.
 
-Where the ``capability:cap_capable`` tracepoint is missing (before Linux 6.3),
+Where the ``capability:cap_capable`` tracepoint is missing (it came in Linux
+6.14, include/trace/events/capability.h; the lab VMs run 6.1 and 6.12),
 a kprobe and a kretprobe on the kernel function ``cap_capable`` stand in,
 through ``kprobe_events`` (Documentation/trace/kprobetrace.rst); where neither
 exists, ``Trace.capability_source`` is None and the views say so.
@@ -36,13 +38,11 @@ import re
 import threading
 from dataclasses import dataclass, field
 
-from . import kernel
+from . import kernel, mountinfo
 from .errors import LabkitError, NotRootError
 from .spawn import Primitive
 from .syscalls import syscall_name
 
-TRACEFS = "/sys/kernel/tracing"
-INSTANCES = f"{TRACEFS}/instances"
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 # The events a trace records, as tracefs names them: events/<system>/<event>.
@@ -193,25 +193,39 @@ class Record:
         }
 
 
-def ensure_tracefs() -> None:
-    """Mount tracefs at /sys/kernel/tracing if it is not there, or say how.
+_private_root: str | None = None
 
-    The kernel exposes tracing only through tracefs; mounting it needs root
-    (CAP_SYS_ADMIN). It stays mounted: other tools expect it there.
+
+def tracefs() -> str:
+    """The root of tracefs as this process reaches it; raise if the kernel has none.
+
+    The kernel exposes tracing only through tracefs (Documentation/trace/ftrace.rst),
+    and every mount of it shows the same files: one superblock, so the same
+    instances and kprobe events. Where the host has it mounted (usually
+    /sys/kernel/tracing), labkit uses that mount. Where it does not, labkit
+    leaves the host's mount table alone: it makes a detached mount
+    (kernel.detached_mount: fsopen/fsmount, needs CAP_SYS_ADMIN) that only this
+    process sees, reached as /proc/self/fd/N, and that goes away with it.
     """
+    global _private_root
     if os.geteuid() != 0:
         raise NotRootError()
-    if os.path.isdir(INSTANCES):
-        return
-    try:
-        kernel.mount("tracefs", TRACEFS, "tracefs")
-    except OSError as e:
-        raise LabkitError(f"tracefs is not mounted at {TRACEFS} and mounting it failed "
-                          f"({errno_names.errorcode.get(e.errno or 0, e.errno)})",
-                          f"mount it as root: mount -t tracefs tracefs {TRACEFS}") from None
-    if not os.path.isdir(INSTANCES):
-        raise LabkitError(f"this kernel's tracefs has no {INSTANCES}",
-                          "use a kernel built with CONFIG_FTRACE (see `labkit doctor`)")
+    for point in mountinfo.mount_points(mountinfo.read(), "tracefs"):
+        if os.path.isdir(f"{point}/instances"):
+            return point
+    if _private_root is None:
+        try:
+            fd = kernel.detached_mount("tracefs")
+        except OSError as e:
+            raise LabkitError(f"this kernel gives no tracefs ({e.strerror})",
+                              "use a kernel built with CONFIG_FTRACE (see `labkit doctor`)") from None
+        _private_root = f"/proc/self/fd/{fd}"
+    return _private_root
+
+
+def instances() -> str:
+    """The directory whose subdirectories are tracing instances (mkdir makes one)."""
+    return f"{tracefs()}/instances"
 
 
 def _write(path: str, text: str) -> None:
@@ -219,6 +233,19 @@ def _write(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _append(path: str, text: str) -> None:
+    """Add lines to a tracefs list such as kprobe_events (O_APPEND: keep the others,
+    as `echo X >> file` does). Not Python's open(path, "a"): that seeks to the end
+    first, and these files answer lseek(SEEK_END) with EINVAL (fs/seq_file.c,
+    seq_lseek). Each line is one write: the kernel parses a write as a command."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        for line in text.splitlines(keepends=True):
+            os.write(fd, line.encode())
     finally:
         os.close(fd)
 
@@ -236,6 +263,7 @@ class Trace(Primitive):
 
     def __init__(self, buffer_kb: int = 16384) -> None:
         self.buffer_kb = buffer_kb
+        self.root = ""                                  # tracefs, as tracefs() found it
         self.dir: str | None = None
         self.kprobe_group: str | None = None
         self.capability_source: str | None = None   # tracepoint, kprobe, or None
@@ -254,8 +282,8 @@ class Trace(Primitive):
 
     def prepare(self) -> None:
         """Make the instance, size its buffer, switch the events on (tracing off)."""
-        ensure_tracefs()
-        self.dir = f"{INSTANCES}/labkit-{os.getpid()}-{next(_counter)}"
+        self.root = tracefs()
+        self.dir = f"{self.root}/instances/labkit-{os.getpid()}-{next(_counter)}"
         os.mkdir(self.dir)
         _write(f"{self.dir}/tracing_on", "0")
         _write(f"{self.dir}/buffer_size_kb", str(self.buffer_kb))
@@ -428,13 +456,13 @@ class Trace(Primitive):
         assert self.dir is not None
         if os.path.exists(f"{self.dir}/events/capability/cap_capable"):
             return "tracepoint capability:cap_capable"
-        if not os.path.exists(f"{TRACEFS}/kprobe_events"):
+        if not os.path.exists(f"{self.root}/kprobe_events"):
             return None
         # int cap_capable(const struct cred *cred, struct user_namespace *targ_ns, int cap, ...)
         self.kprobe_group = f"labkit_{os.getpid()}_{next(_counter)}"
-        with open(f"{TRACEFS}/kprobe_events", "a") as f:
-            f.write(f"p:{self.kprobe_group}/cap_capable cap_capable target_ns=$arg2 cap=$arg3:s32\n")
-            f.write(f"r:{self.kprobe_group}/cap_capable_ret cap_capable ret=$retval:s32\n")
+        _append(f"{self.root}/kprobe_events",
+                f"p:{self.kprobe_group}/cap_capable cap_capable target_ns=$arg2 cap=$arg3:s32\n"
+                f"r:{self.kprobe_group}/cap_capable_ret cap_capable ret=$retval:s32\n")
         _write(f"{self.dir}/events/{self.kprobe_group}/enable", "1")
         return "kprobe on cap_capable"
 
@@ -484,8 +512,8 @@ class Trace(Primitive):
                 pass
             self.dir = None
         if self.kprobe_group is not None:
-            with open(f"{TRACEFS}/kprobe_events", "a") as f:
-                f.write(f"-:{self.kprobe_group}/cap_capable\n-:{self.kprobe_group}/cap_capable_ret\n")
+            _append(f"{self.root}/kprobe_events",
+                    f"-:{self.kprobe_group}/cap_capable\n-:{self.kprobe_group}/cap_capable_ret\n")
             self.kprobe_group = None
 
 

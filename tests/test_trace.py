@@ -123,7 +123,7 @@ def test_the_instance_is_removed_when_the_command_is_not_found(no_leaks):
         spawn(["/no/such/command"], [pid.PidNamespace(), tr])
     assert tr.dir is None
     tr.release()                                    # safe twice
-    assert not [n for n in os.listdir(trace.INSTANCES) if n.startswith(f"labkit-{os.getpid()}-")]
+    assert not [n for n in os.listdir(trace.instances()) if n.startswith(f"labkit-{os.getpid()}-")]
 
 
 def test_ipc_calls_name_the_containers_ipc_namespace(no_leaks):
