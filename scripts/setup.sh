@@ -9,15 +9,18 @@
 #   With --test (what `./lab test` and CI use), also the test suite's tools:
 #   vagrant (`vagrant validate`), shellcheck, debootstrap (a fresh Debian root for
 #   the provisioning test), linux-libc-dev (the kernel's syscall tables), git.
+#   With --vm (what `./lab vm` uses), what builds and boots the lab VM: debootstrap,
+#   qemu-system-x86 and qemu-utils, e2fsprogs (mkfs.ext4 -d), cpio and kmod (initramfs).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${LABKIT_VENV:-$repo/.venv}
-packages=(busybox-static strace iproute2 util-linux runc bubblewrap libseccomp2 python3-venv ca-certificates)
+packages=(busybox-static strace iproute2 util-linux runc bubblewrap libseccomp2 python3-venv ca-certificates git)
 case "${1:-}" in
 "") ;;
---test) packages+=(shellcheck vagrant debootstrap linux-libc-dev git) ;;
-*) echo "setup: unknown option $1: use scripts/setup.sh [--test]" >&2; exit 2 ;;
+--test) packages+=(shellcheck vagrant debootstrap linux-libc-dev) ;;
+--vm) packages+=(debootstrap qemu-system-x86 qemu-utils e2fsprogs cpio kmod) ;;
+*) echo "setup: unknown option $1: use scripts/setup.sh [--test|--vm]" >&2; exit 2 ;;
 esac
 
 if [ "$(id -u)" -ne 0 ]; then
