@@ -2,7 +2,8 @@
 
 Everything labkit creates carries its name (DESIGN.md): mounts under
 /run/labkit, network namespaces ``labkit-*`` bound under /run/netns, links
-``lk*`` and ``labkit0``, cgroups under a ``labkit/`` parent in each hierarchy,
+``lk*`` and ``labkit0``, cgroups under a ``labkit/`` parent in each hierarchy
+(v1 and v2, wherever cgroups.layout finds them mounted),
 tracefs instances ``labkit-*``, loop devices backed by /var/lib/labkit/loop/labkit-*, the state of
 named containers under /run/labkit/containers (removed with /run/labkit). After a crash, a ``kill -9`` or a notebook
 kernel restart, this removes them; each function returns what it removed.
@@ -13,21 +14,17 @@ from __future__ import annotations
 import os
 import shutil
 
-from . import kernel
+from . import kernel, mountinfo
+from .cgroups import layout, v2
 from .cgroups.v1 import kill_procs
 
 RUN_DIR = "/run/labkit"
 NETNS_DIR = "/run/netns"
-CGROUP_ROOT = "/sys/fs/cgroup"
-TRACE_INSTANCES = "/sys/kernel/tracing/instances"
 
 
 def mounts_under(prefix: str) -> list[str]:
     """Mount points at or below ``prefix``, deepest first (the order to unmount)."""
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1] for line in f]
-    inside = [p for p in points if p == prefix or p.startswith(prefix.rstrip("/") + "/")]
-    return sorted(set(inside), key=lambda p: p.count("/"), reverse=True)
+    return mountinfo.under(mountinfo.read(), prefix)
 
 
 def remove_mounts() -> list[str]:
@@ -59,57 +56,75 @@ def remove_netns() -> list[str]:
 
 
 def labkit_cgroups() -> list[str]:
-    """Every cgroup directory under a labkit/ parent, in every hierarchy, deepest first."""
-    found = []
-    if os.path.isdir(CGROUP_ROOT):
-        for hierarchy in sorted(os.listdir(CGROUP_ROOT)):
-            top = os.path.join(CGROUP_ROOT, hierarchy, "labkit")
-            if os.path.isdir(top):
-                for root, _, _ in os.walk(top):
-                    found.append(root)
-    return sorted(found, key=lambda p: p.count("/"), reverse=True)
+    """Every cgroup directory at or below labkit/, in every hierarchy, v1 and v2
+    wherever it is mounted (cgroups.layout), deepest first."""
+    return layout.read().labkit_groups()
 
 
 def remove_cgroups() -> list[str]:
     """Kill the processes in labkit cgroups, then rmdir the groups bottom-up.
 
     cgroups(7): a cgroup can be removed (rmdir) only when it has no processes
-    and no child groups.
+    and no child groups. A v2 group is emptied with cgroup.kill (and, on a
+    kernel before 5.14, v1's SIGKILL loop: cgroups.v2.kill); a v1 group has
+    no cgroup.kill and gets the loop. Deepest first, so each group's children
+    are gone before it.
     """
     removed = []
     for group in labkit_cgroups():
-        kill_procs([group], timeout=1.0)
-        try:
-            os.rmdir(group)
+        if os.path.exists(os.path.join(group, "cgroup.events")):      # v2 (not a v1 group)
+            v2.kill(group, timeout=1.0)
+        else:
+            kill_procs([group], timeout=1.0)
+        if v2.rmdir(group):
             removed.append(f"cgroup {group}")
-        except FileNotFoundError:
-            pass
     return removed
+
+
+def _tracefs() -> str | None:
+    """tracefs as labkit reaches it (trace.tracefs: the host's mount, else one only
+    this process sees), or None on a kernel without it. Every mount of tracefs
+    shows the same instances and kprobe events (one superblock), so what a
+    crashed trace left is found even where the host has tracefs mounted nowhere."""
+    from .errors import LabkitError
+    from .trace import tracefs
+
+    try:
+        return tracefs()
+    except LabkitError:
+        return None
 
 
 def remove_trace_instances() -> list[str]:
     """Remove tracefs instances labkit-* (rmdir removes an instance, see ftrace docs)."""
     removed = []
-    if os.path.isdir(TRACE_INSTANCES):
-        for name in sorted(os.listdir(TRACE_INSTANCES)):
+    root = _tracefs()
+    if root and os.path.isdir(f"{root}/instances"):
+        for name in sorted(os.listdir(f"{root}/instances")):
             if name.startswith("labkit-"):
-                os.rmdir(os.path.join(TRACE_INSTANCES, name))
+                os.rmdir(f"{root}/instances/{name}")
                 removed.append(f"tracefs instance {name}")
     return removed
 
 
 def remove_kprobes() -> list[str]:
     """Remove kprobe events of groups labkit_* (the cap_capable fallback of trace.py):
-    writing ``-:GROUP/EVENT`` to kprobe_events deletes one (kprobetrace.rst)."""
+    writing ``-:GROUP/EVENT`` to kprobe_events deletes one (kprobetrace.rst). The
+    file is opened O_APPEND, without the seek to its end that open(path, "a")
+    does: the kernel refuses that seek with EINVAL (seq_lseek, fs/seq_file.c)."""
     removed = []
-    path = os.path.join(os.path.dirname(TRACE_INSTANCES), "kprobe_events")
-    if os.path.exists(path):
+    root = _tracefs()
+    path = f"{root}/kprobe_events"
+    if root and os.path.exists(path):
         with open(path) as f:
             names = [line.split()[0].split(":", 1)[1] for line in f if line.strip()]
         for name in names:
             if name.startswith("labkit_"):
-                with open(path, "a") as f:
-                    f.write(f"-:{name}\n")
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+                try:
+                    os.write(fd, f"-:{name}\n".encode())
+                finally:
+                    os.close(fd)
                 removed.append(f"kprobe event {name}")
     return removed
 

@@ -1,7 +1,8 @@
 """`labkit doctor`: is this host ready for the lab? One check per kernel feature.
 
 Each check reads what the kernel itself reports (/proc/self/ns, /proc/filesystems,
-/proc/mounts, /sys/fs/cgroup, tracefs) and says what to do when it is missing.
+/proc/self/mountinfo through labkit.mountinfo and cgroups.layout) and says what
+to do when it is missing.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass
 
-from . import kernel
+from . import kernel, mountinfo
+from .cgroups import layout
 
-CGROUP_ROOT = "/sys/fs/cgroup"
-CONTROLLERS = ("cpu", "memory", "pids", "io", "blkio", "cpuset", "devices", "freezer")
-TRACEFS = "/sys/kernel/tracing"
 TOOLS = ("busybox", "strace", "unshare")
 
 
@@ -28,31 +27,20 @@ class Check:
     required: bool = True
 
 
-def _mounts() -> list[list[str]]:
-    with open("/proc/mounts") as f:
-        return [line.split() for line in f]
-
-
 def cgroup_controllers() -> dict[str, str]:
-    """Controller name -> "v1" or "v2", by where the kernel has it mounted.
+    """Controller name -> "v1" or "v2", by where the kernel has it mounted
+    (cgroups.layout: on v1 if a cgroup v1 hierarchy is mounted with it, else
+    on v2 if the v2 root's cgroup.controllers lists it, cgroups(7))."""
+    return layout.read().versions()
 
-    A controller is on v1 if a cgroup (v1) hierarchy is mounted with it, else on
-    v2 if it is listed in the v2 root's cgroup.controllers (cgroups(7)).
-    """
-    found: dict[str, str] = {}
-    for _, mountpoint, fstype, options, *_ in _mounts():
-        if fstype == "cgroup":
-            for opt in options.split(","):
-                if opt in CONTROLLERS:
-                    found[opt] = "v1"
-        elif fstype == "cgroup2":
-            try:
-                with open(os.path.join(mountpoint, "cgroup.controllers")) as f:
-                    for c in f.read().split():
-                        found.setdefault(c, "v2")
-            except OSError:
-                pass
-    return found
+
+def cgroup_mounts(where: layout.Layout) -> str:
+    """Where the hierarchies are mounted: "v2 at /sys/fs/cgroup" (pure v2), or v1 and v2 (hybrid)."""
+    parts = [f"v1 at {os.path.dirname(where.v1[0].mount_point)}/* ({len(where.v1)} hierarchies)"] \
+        if where.v1 else []
+    if where.v2:
+        parts.append(f"v2 at {where.v2.mount_point}")
+    return ", ".join(parts) or "none mounted"
 
 
 def checks() -> list[Check]:
@@ -75,7 +63,10 @@ def checks() -> list[Check]:
         result.append(Check(f"filesystem {fs}", fs in filesystems,
                             "supported" if fs in filesystems else "not supported",
                             f"load its module: modprobe {fs}"))
-    controllers = cgroup_controllers()
+    where = layout.read()
+    result.append(Check("cgroup hierarchies", bool(where.v1 or where.v2), cgroup_mounts(where),
+                        "mount cgroup2: mount -t cgroup2 none /sys/fs/cgroup"))
+    controllers = where.versions()
     for c in ("cpu", "memory", "pids"):
         result.append(Check(f"cgroup {c}", c in controllers,
                             f"cgroup {controllers[c]}" if c in controllers else "not mounted",
@@ -84,9 +75,11 @@ def checks() -> list[Check]:
     result.append(Check("cgroup io", io is not None,
                         f"cgroup {io} ({'io' if 'io' in controllers else 'blkio'})" if io else "not mounted",
                         "enable the io (v2) or blkio (v1) controller"))
-    traced = any(m[2] == "tracefs" and m[1] == TRACEFS for m in _mounts())
-    result.append(Check("tracefs", traced, f"mounted at {TRACEFS}" if traced else "not mounted",
-                        f"mount it: mount -t tracefs tracefs {TRACEFS}", required=False))
+    traced = mountinfo.mount_points(mountinfo.read(), "tracefs")
+    result.append(Check("tracefs mount", True,
+                        f"mounted at {', '.join(traced)}" if traced
+                        else "not mounted (labkit trace mounts it where only it sees it)",
+                        required=False))
     for tool in TOOLS:
         path = shutil.which(tool)
         result.append(Check(f"tool {tool}", path is not None, path or "not found",

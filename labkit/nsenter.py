@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 from . import kernel
-from .cgroups import open_self_move
+from .cgroups import layout, open_self_move
 from .errors import LabkitError
 from .spawn import Primitive
 
@@ -32,25 +32,10 @@ JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")
 
 def cgroup_dirs(pid: int) -> list[str]:
     """The host directories of the labkit cgroups process ``pid`` is in, one per
-    hierarchy (from /proc/PID/cgroup, read in the host's cgroup namespace)."""
-    mounts: dict[str, str] = {}
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            _, point, fstype, options = line.split()[:4]
-            if fstype == "cgroup2":
-                mounts.setdefault("", point)
-            elif fstype == "cgroup":
-                controllers = [o for o in options.split(",") if o not in ("rw", "ro", "relatime", "nosuid",
-                                                                           "nodev", "noexec")]
-                mounts.setdefault(",".join(sorted(controllers)), point)
-    found = []
-    with open(f"/proc/{pid}/cgroup") as f:
-        for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            point = mounts.get(",".join(sorted(controllers.split(","))) if controllers else "")
-            if point is not None and path.startswith("/labkit/"):
-                found.append(point + path)
-    return found
+    hierarchy: its /proc/PID/cgroup lines, resolved by cgroups.layout (read in
+    the host's cgroup namespace), those below ``labkit/`` kept."""
+    where = layout.read()
+    return [d for h, d in where.dirs_of(pid) if where.is_labkit(h, d)]
 
 
 class JoinNamespaces(Primitive):

@@ -538,28 +538,19 @@ def _parse(lines) -> list[Event]:
 
 
 def _cgroup_dirs(pid: int) -> dict[str, tuple[str, str]]:
-    """controller -> (v1|v2, directory) of ``pid``'s cgroup, from /proc/PID/cgroup
-    and the mount points in /proc/mounts (cgroups(7))."""
-    mounts: dict[str, str] = {}
-    with open("/proc/mounts") as f:
-        for line in f:
-            _, point, fstype, options, *_ = line.split()
-            if fstype == "cgroup":
-                for opt in options.split(","):
-                    mounts[opt] = point
-            elif fstype == "cgroup2":
-                mounts["cgroup2"] = point
+    """controller -> (v1|v2, directory) of ``pid``'s cgroup, for the controllers
+    of CGROUP_FILES: /proc/PID/cgroup resolved by cgroups.layout, the module that
+    knows where each hierarchy is mounted (cgroups(7)). On v2 the one directory
+    serves each controller the v2 root offers."""
+    from .cgroups import layout
+
+    where = layout.read()
     found: dict[str, tuple[str, str]] = {}
-    with open(f"/proc/{pid}/cgroup") as f:
-        for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            for c in controllers.split(","):
-                if c in mounts:
-                    found[c] = ("v1", mounts[c] + path)
-            if controllers == "" and "cgroup2" in mounts:
-                for c in CGROUP_FILES:
-                    found.setdefault(c, ("v2", mounts["cgroup2"] + path))
-    return {c: d for c, d in found.items() if c in CGROUP_FILES}
+    for hierarchy, directory in where.dirs_of(pid):
+        for c in CGROUP_FILES:
+            if c in hierarchy.controllers:
+                found.setdefault(c, (hierarchy.version, directory))
+    return found
 
 
 def format_timeline(trace: Trace, records: list[Record] | None = None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import glob
 import os
 import socket
@@ -13,7 +15,7 @@ import pytest
 from conftest import labkit_cli
 from labkit import bandwidth, net, pid, spawn
 from labkit.cgroups import Cgroup, controllers
-from labkit.loopdev import LoopDevice, labkit_loop_devices
+from labkit.loopdev import LOOP_CONFIGURE, LoopDevice, _config, labkit_loop_devices
 
 BUSY = ["sh", "-c", "while :; do :; done"]
 
@@ -58,6 +60,31 @@ def test_memory_limit_oom_kills_and_counts(no_leaks):
     assert not os.path.exists(cg.paths()[0])
 
 
+def test_memory_limit_leaves_no_swap(no_leaks):
+    """cgroups.SWAP: the group's swap is 0 (v2 memory.swap.max), or memory+swap
+    equals the memory limit (v1 memory.memsw.limit_in_bytes), so a memory limit
+    cannot leak into swap. The kernel's default is unlimited ("max", or v1's
+    PAGE_COUNTER_MAX): without labkit's write this fails."""
+    with Cgroup(f"t-swap-{os.getpid()}", memory="32M") as cg:
+        found = cg.swap_limit()
+        if found is None:
+            pytest.skip("no swap accounting in this kernel (CONFIG_SWAP/CONFIG_MEMCG_SWAP off, or booted "
+                        "with swapaccount=0 / cgroup.memory=noswap): not the lab VMs' Debian kernels")
+        file, text = found
+        assert (file, text) in (("memory.swap.max", "0"), ("memory.memsw.limit_in_bytes", str(32 << 20)))
+
+
+def test_cli_memory_bomb_ends_with_137_within_seconds(no_leaks):
+    """The issue's must-hold: 512 MiB wanted under --memory 32M ends with the OOM
+    killer's 137 quickly, swap or not (on a host with swap and no swap limit,
+    dd's buffer went to swap and dd ran to completion)."""
+    t0 = time.monotonic()
+    r = labkit_cli("run", "--ns", "pid", "--memory", "32M", "--",
+                   "dd", "if=/dev/zero", "of=/dev/null", "bs=512M", "count=1")
+    assert r.returncode == 137, r.stderr
+    assert time.monotonic() - t0 < 10
+
+
 def test_cli_oom_then_restart_on_failure(no_leaks):
     r = labkit_cli("run", "--ns", "pid", "--memory", "32M", "--restart", "on-failure:2", "--",
                    "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1")
@@ -94,10 +121,65 @@ def test_pids_limit_contains_a_fork_bomb(no_leaks):
     assert stats["pids_peak"] == 32 and events["pids_max"] >= 1
 
 
+LOOP_CTL_ADD, LOOP_CTL_REMOVE = 0x4C80, 0x4C81      # loop(4)
+
+
+class FreshLoopDevice(LoopDevice):
+    """A loop device added for the test (LOOP_CTL_ADD, loop(4)) and removed after
+    (LOOP_CTL_REMOVE): a new disk, whose queue never had a throttle rule, as on a
+    machine where nothing was throttled yet. The kernel sets up a queue's
+    throttling (q->td) only at the first rule written for that disk
+    (tg_set_conf -> blk_throtl_init, recent kernels), and counts v1's
+    blkio.throttle.io_service_bytes only on a queue where it is set up
+    (blk_should_throtl in block/blk-throttle.h). /dev/loop0, reused run after
+    run, hid that: its queue had been throttled by an earlier run."""
+
+    number = -1
+
+    def _configure(self, backing: int) -> None:
+        control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for wanted in range(100, 200):
+                try:
+                    self.number = fcntl.ioctl(control, LOOP_CTL_ADD, wanted)
+                    break
+                except FileExistsError:
+                    continue
+        finally:
+            os.close(control)
+        fd = os.open(f"/dev/loop{self.number}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, LOOP_CONFIGURE, _config(backing, self.file))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self.path = fd, f"/dev/loop{self.number}"
+
+    def detach(self) -> None:
+        super().detach()
+        if self.number >= 0:
+            control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                for attempt in range(200):             # busy until the autoclear has finished
+                    try:
+                        fcntl.ioctl(control, LOOP_CTL_REMOVE, self.number)
+                        break
+                    except OSError as e:
+                        if e.errno != errno.EBUSY or attempt == 199:
+                            raise
+                        time.sleep(0.01)
+            finally:
+                os.close(control)
+            self.number = -1
+
+
 def test_io_write_limit_on_a_lab_loop_device(no_leaks):
+    """Bytes written are counted with and without a limit, on a disk never
+    throttled before; the 2MB/s limit holds the rate."""
     size = 6 << 20
-    with LoopDevice(f"t-io-{os.getpid()}", "16M") as dev:
-        assert dev.path in labkit_loop_devices()
+    with FreshLoopDevice(f"t-io-{os.getpid()}", "16M") as dev:
+        device = dev.path
+        assert device in labkit_loop_devices()
         elapsed = {}
         for limit in (None, "2MB/s"):
             cg = Cgroup(f"t-io-{os.getpid()}", io_device=dev.path, io_write_bps=limit)
@@ -110,7 +192,8 @@ def test_io_write_limit_on_a_lab_loop_device(no_leaks):
     rate = size / elapsed["2MB/s"]
     assert abs(rate - (2 << 20)) <= 0.15 * (2 << 20), f"{rate / (1 << 20):.2f} MiB/s"
     assert elapsed[None] < elapsed["2MB/s"] / 3       # unthrottled, the same writes are much faster
-    assert dev.path not in labkit_loop_devices()
+    assert device not in labkit_loop_devices()
+    assert not os.path.exists(f"/sys/block/{os.path.basename(device)}")       # removed again
 
 
 ECHO = """

@@ -18,6 +18,8 @@ import pytest
 from conftest import REPO, labkit_cli, settled_leaks
 from hoststate import leaks, snapshot
 
+from labkit.cgroups import layout
+
 CRASHES = {
     "run": ["run", "--name", "crashme", "--net", "bridge", "--memory", "64M", "--pids", "32",
             "--", "sleep", "60"],
@@ -67,3 +69,42 @@ def test_cleanup_removes_what_a_killed_labkit_left(kind):
     assert not settled_leaks(before), f"labkit cleanup left {settled_leaks(before)}"
     r = labkit_cli("cleanup")
     assert r.returncode == 0 and "nothing to clean" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_cleanup_kills_and_removes_nested_groups(version):
+    """A group left under labkit/ with a group inside it and a process in that:
+    `labkit cleanup` kills the process (v2: cgroup.kill; v1: SIGKILL until
+    cgroup.procs is empty) and removes both groups, deepest first, wherever the
+    hierarchy is mounted: v2 at /sys/fs/cgroup (pure v2) or
+    /sys/fs/cgroup/unified (this project's hybrid hosts), v1 at
+    /sys/fs/cgroup/<controller>. The issue: on pure v2, cleanup looked for
+    /sys/fs/cgroup/<controller>/labkit and left /sys/fs/cgroup/labkit/<name>."""
+    where = layout.read()
+    hierarchy = where.v2 if version == "v2" else where.v1_hierarchy("pids")
+    if hierarchy is None:
+        pytest.skip(f"no cgroup {version} hierarchy here: pure cgroup v2 (the lab VMs) has no v1 "
+                    f"hierarchy" if version == "v1" else "no cgroup2 mount: a v1-only host")
+    before = snapshot()
+    group = where.labkit_dir(hierarchy, f"t-clean-{os.getpid()}")
+    inner = os.path.join(group, "inner")
+    os.makedirs(inner)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        with open(os.path.join(inner, "cgroup.procs"), "w") as f:
+            f.write(str(sleeper.pid))
+        assert wait_for(lambda: os.path.join(f"/{layout.LABKIT}", os.path.basename(group), "inner")
+                        in open(f"/proc/{sleeper.pid}/cgroup").read())
+        r = labkit_cli("cleanup")
+        assert r.returncode == 0, r.stderr
+        assert f"removed cgroup {inner}\n" in r.stdout and f"removed cgroup {group}\n" in r.stdout
+        assert r.stdout.index(inner) < r.stdout.index(f"cgroup {group}\n")      # deepest first
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for d in (inner, group):
+            if os.path.isdir(d):
+                os.rmdir(d)
+    assert not os.path.exists(group)
+    assert not settled_leaks(before), f"left {settled_leaks(before)}"

@@ -61,6 +61,28 @@ LIMITS: tuple[Limit, ...] = (
 )
 
 
+# Swap under a memory limit: none. Without a swap limit, a group at its memory
+# limit has its anonymous pages swapped out instead of being OOM-killed, so on a
+# host with swap a memory bomb under --memory 32M runs on (slowly) instead of
+# ending. labkit sets the group's swap to 0, so that the memory limit is the
+# whole budget, the same on a host with swap (the lab VM) and without (a
+# developer host): the OOM killer acts at the limit, within seconds.
+# (Docker's default, for -m X without --memory-swap, is X of swap on top:
+# twice the limit in all; labkit does not follow it, for that sameness.)
+# The kernel's files (only on kernels with swap accounting, CONFIG_MEMCG_SWAP
+# and not swapaccount=0; absent otherwise, then nothing can be set):
+# - v2: memory.swap.max, "swap usage hard limit" (cgroup-v2.rst); 0: no swap.
+# - v1: memory.memsw.limit_in_bytes, the limit of memory + swap together
+#   (cgroup-v1/memory.rst, 2.4 "swap extension"); equal to limit_in_bytes: no
+#   swap. The kernel keeps memsw >= limit_in_bytes (mem_cgroup_resize_max,
+#   mm/memcontrol-v1.c: EINVAL otherwise), so it is written after the limit,
+#   which it may then equal (a new group's memsw starts unlimited).
+SWAP: dict[str, tuple[str, Callable[[int], str]]] = {
+    "v1": ("memory.memsw.limit_in_bytes", lambda memory: str(memory)),
+    "v2": ("memory.swap.max", lambda memory: "0"),
+}
+
+
 class Counter(NamedTuple):
     """One number read back: (file, key or None for a one-number file, scale) per version."""
 
@@ -218,6 +240,8 @@ class Cgroup(Primitive):
                 if group:
                     group.create()                # V1Group.create undoes its own on failure
                     self.made.append(group)
+            if self.versions.get("io") == "v1":
+                self._account_io_v1()
             for row in LIMITS:
                 if row.name in self.values:
                     self._set(row)
@@ -241,6 +265,47 @@ class Cgroup(Primitive):
             self.v1.write(row.controller, row.v1_file, row.v1_line(value, self.device))
         else:
             self.v2.write(row.v2_file, row.v2_line(value, self.device))
+        if row.name == "memory":
+            self._limit_swap(value)
+
+    def _account_io_v1(self) -> None:
+        """Make v1 count the device's bytes, limit or not: write a rule "MAJ:MIN 0"
+        (0: no limit, blkio-controller.rst) to blkio.throttle.read_bps_device.
+
+        v1's only per-device byte counter for a disk without BFQ is
+        blkio.throttle.io_service_bytes, and the kernel adds to it only on a
+        disk whose queue has throttling set up (blk_should_throtl in
+        block/blk-throttle.h returns early while q->td is NULL). Recent kernels
+        (6.18 on this project's hosts) set it up at the first rule written for
+        the disk, in any group (tg_set_conf -> blk_throtl_init,
+        block/blk-throttle.c), and keep it until the disk goes. Without this, an unlimited group on a disk never
+        throttled before read 0 bytes written. (v2's io.stat is counted by
+        blk-cgroup itself, for every disk.) A limit written next replaces the rule.
+        """
+        self.v1.write("io", "blkio.throttle.read_bps_device", f"{self.device} 0")
+
+    def _limit_swap(self, memory: int) -> None:
+        """No swap for the group (SWAP): after the memory limit, as the kernel requires on v1."""
+        version = self.versions["memory"]
+        file, line = SWAP[version]
+        try:
+            if version == "v1":
+                self.v1.write("memory", file, line(memory))
+            else:
+                self.v2.write(file, line(memory))
+        except FileNotFoundError:
+            pass                                  # no swap accounting in this kernel: nothing to set
+
+    def swap_limit(self) -> tuple[str, str] | None:
+        """(file, its content) of the group's swap limit (SWAP), or None where the kernel has none."""
+        if "memory" not in self.versions:
+            return None
+        file = SWAP[self.versions["memory"]][0]
+        try:
+            text = self.v1.read("memory", file) if self.versions["memory"] == "v1" else self.v2.read(file)
+        except FileNotFoundError:
+            return None
+        return file, text.strip()
 
     def enter(self) -> None:
         """Move the calling process (the container's PID 1) into the group.
@@ -298,7 +363,8 @@ class Cgroup(Primitive):
         return self._read(EVENTS)
 
     def io_bytes(self) -> dict[str, int]:
-        """Bytes read and written on the limited device (v1 io_service_bytes, v2 io.stat)."""
+        """Bytes read and written on the device (v1 blkio.throttle.io_service_bytes,
+        counted from prepare() on: _account_io_v1; v2 io.stat)."""
         if self.versions.get("io") == "v1":
             found = v1.parse_io_service_bytes(self.v1.read("io", "blkio.throttle.io_service_bytes"),
                                               self.device)

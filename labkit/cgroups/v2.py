@@ -18,8 +18,11 @@ rbps=2097152 wbps=max``: io.max, io.stat).
 
 from __future__ import annotations
 
+import errno
 import os
 import time
+
+from .v1 import kill_procs
 
 PERIOD_US = 100_000  # cpu.max's default period: 100 ms
 
@@ -53,6 +56,46 @@ def parse_nested_keyed(text: str) -> dict[str, dict[str, int]]:
             pairs = (f.split("=", 1) for f in fields[1:])
             result[fields[0]] = {k: -1 if v == "max" else int(v) for k, v in pairs}
     return result
+
+
+def populated(path: str) -> bool:
+    """cgroup.events ``populated``: 1 while the group or a descendant has a process."""
+    with open(os.path.join(path, "cgroup.events")) as f:
+        return bool(parse_flat_keyed(f.read()).get("populated"))
+
+
+def kill(path: str, timeout: float = 5.0) -> None:
+    """SIGKILL every process in the group at ``path`` and its descendants, and
+    wait until ``populated 0``. cgroup.kill (write "1", Linux 5.14) does it in
+    one step, forks racing it included (cgroup-v2.rst, "cgroup.kill"); a kernel
+    without it gets v1's loop: SIGKILL what cgroup.procs lists until empty."""
+    if not os.path.isdir(path):
+        return
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        kill_procs([path], timeout)
+    deadline = time.monotonic() + timeout
+    while populated(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def rmdir(path: str, timeout: float = 1.0) -> bool:
+    """rmdir the group; True when it was there. The kernel answers EBUSY while
+    the group still has a process or a child group (cgroup_destroy_locked in
+    kernel/cgroup/cgroup.c): a process just killed may take a moment to go."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 class V2Group:
@@ -92,20 +135,12 @@ class V2Group:
         self.write("cgroup.freeze", "1" if frozen else "0")
 
     def kill(self, timeout: float = 5.0) -> None:
-        """cgroup.kill: SIGKILL every process inside; wait until ``populated 0``."""
-        if not os.path.isdir(self.path):
-            return
-        self.write("cgroup.kill", "1")
-        deadline = time.monotonic() + timeout
-        while parse_flat_keyed(self.read("cgroup.events")).get("populated") and time.monotonic() < deadline:
-            time.sleep(0.01)
+        """cgroup.kill: SIGKILL every process inside; wait until ``populated 0`` (``kill``)."""
+        kill(self.path, timeout)
 
     def remove(self) -> None:
         """rmdir the group (it must hold no process); gone already is fine."""
-        try:
-            os.rmdir(self.path)
-        except FileNotFoundError:
-            pass
+        rmdir(self.path)
 
     @staticmethod
     def _write(group: str, file: str, text: str) -> None:
