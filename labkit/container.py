@@ -17,8 +17,10 @@
 A container is the launch pipeline of spawn.py run with these primitives, in
 this order (``primitives()``):
 
-1. ``Cgroup`` (limits, always: Docker-less defaults of ``DEFAULT_LIMITS``) and
-   ``DeviceCgroup`` (cgroup v1 devices rules): PID 1 moves itself into them first,
+1. ``Cgroup`` (limits, always: Docker-less defaults of ``DEFAULT_LIMITS``) and the
+   device rules: a ``DeviceCgroup`` where the host has the v1 devices controller,
+   else a ``DeviceProgram`` (BPF) attached to the Cgroup's v2 group before anyone
+   is inside; PID 1 moves itself into them first,
 2. ``UserNamespace`` (only with ``userns=True``): it owns everything after it,
 3. ``CgroupNamespace``: PID 1 unshares it once inside its cgroup, so "/" is its own,
 4. PID, UTS, IPC, network namespaces, then ``MountNamespace`` (overlay on the
@@ -123,6 +125,10 @@ class Container:
         if device_rules is None:
             device_rules = devices.available() and os.geteuid() == 0
             self.keep = without_mknod_unless_asked(self.keep, cap_add, device_rules)
+        elif device_rules and not devices.available():
+            raise LabkitError("no device control on this host: neither a cgroup v1 devices hierarchy "
+                              "nor a cgroup2 mount for a BPF device program",
+                              "mount one (see `labkit doctor`), or run without device rules")
         self.device_rules = device_rules
         self.overlay = overlay
         self.group = group or name or f"run-{os.getpid()}-{next(_sequence)}"
@@ -142,7 +148,7 @@ class Container:
         if group is not None:
             prims.append(group)
         if self.device_rules:
-            prims.append(devices.DeviceCgroup(self.group))
+            prims.append(self._device_rules(group))
         if "user" in names:
             prims.append(user.UserNamespace(self.uid_map or None, self.gid_map or None))
         if "cgroup" in names:
@@ -182,6 +188,18 @@ class Container:
         if not values and os.geteuid() != 0:
             return None
         return cgroups.Cgroup(self.group, io_device=device, **values)
+
+    def _device_rules(self, group: cgroups.Cgroup | None) -> Primitive:
+        """The v1 devices group where the host has that controller (as before,
+        also on a hybrid host), else the BPF device program on the container's
+        own v2 group, which ``group`` makes and removes."""
+        if devices.mechanism() == "v1":
+            return devices.DeviceCgroup(self.group)
+        if group is None or group.v2 is None:
+            raise LabkitError("device rules on cgroup v2 need the container's own v2 group, "
+                              "and labkit makes none on this host",
+                              "run as root, or run without device rules")
+        return devices.DeviceProgram(group.v2.path)
 
     def _rootfs(self) -> str:
         return rootfs.check_rootfs(self.rootfs) if self.rootfs else rootfs.default_rootfs()
@@ -373,12 +391,13 @@ def _check_namespaces(names: Iterable[str], userns: bool) -> tuple[str, ...]:
 def without_mknod_unless_asked(keep: list[str], cap_add: Iterable[str], device_rules: bool) -> list[str]:
     """The capabilities to keep when labkit chose the device rules itself.
 
-    With device rules (the v1 devices controller), a node made with mknod(2)
-    for a host disk cannot be opened, so CAP_MKNOD, one of Docker's 14, stays.
-    Without them (pure cgroup v2 has no devices controller, and labkit builds no
-    BPF device program) such a node could be opened: the container then does
-    not get CAP_MKNOD, unless --cap-add asked for it, and mknod(2) of a device
-    fails with EPERM (capabilities(7), mknod(2)).
+    With device rules (the v1 devices controller, or on cgroup v2 the BPF
+    device program: devices.py), a node made with mknod(2) for a host disk
+    cannot be opened, so CAP_MKNOD, one of Docker's 14, stays, as with runc on
+    either version. Without them (not root, or a host with neither mechanism)
+    such a node could be opened: the container then does not get CAP_MKNOD,
+    unless --cap-add asked for it, and mknod(2) of a device fails with EPERM
+    (capabilities(7), mknod(2)).
     """
     asked = any(n.upper() == "ALL" or caps.canonical(n) == "CAP_MKNOD" for n in cap_add)
     if device_rules or asked:

@@ -26,6 +26,7 @@ import pytest
 from conftest import labkit_cli
 from labkit import caps, cgroups, container, devices, kernel, seccomp, syscalls
 from labkit.container import Container
+from labkit.errors import LabkitError
 
 # Host /usr, read-only, so that a container can run the host's Python for exact errnos.
 HOST_PYTHON = ["/usr:/usr:ro", "/usr/lib:/lib:ro", "/usr/lib64:/lib64:ro"]
@@ -188,8 +189,10 @@ def openable_host_disk() -> str | None:
     return None
 
 
-@pytest.mark.skipif(not devices.available(), reason="no cgroup v1 devices hierarchy (see devices.py)")
+@pytest.mark.skipif(not devices.available(),
+                    reason="no device control: neither a v1 devices hierarchy nor a cgroup2 mount")
 def test_a_host_disk_node_made_inside_cannot_be_opened():
+    """Through the v1 devices group on a hybrid host, the BPF program on pure v2."""
     disk = openable_host_disk()
     if disk is None:
         pytest.skip("the host itself can open none of its disks")
@@ -197,14 +200,33 @@ def test_a_host_disk_node_made_inside_cannot_be_opened():
               "dd if=/tmp/disk of=/dev/null bs=512 count=1 2>&1; echo dd=$?")
     status, out, _, _ = run_inside(script)
     assert "mknod=0" in out                                   # CAP_MKNOD is one of Docker's 14
-    assert "Operation not permitted" in out and "dd=1" in out  # the devices cgroup refuses the open
+    assert "Operation not permitted" in out and "dd=1" in out  # the device rules refuse the open
     # The same without the device rules: the open works, so those rules were the guard.
     status, out, _, _ = run_inside(script, device_rules=False)
     assert "dd=0" in out and "records in" in out
 
 
+def test_the_default_container_keeps_cap_mknod_behind_the_hosts_device_rules():
+    """Docker's 14, CAP_MKNOD included, on both platforms: the v1 devices group
+    where the host has that controller, the BPF device program on pure v2."""
+    if os.geteuid() != 0 or not devices.available():
+        pytest.skip("needs root and device control (v1 devices or a cgroup2 mount)")
+    c = Container()
+    assert "CAP_MKNOD" in c.keep
+    kinds = {type(p) for p in c.primitives() if isinstance(p, (devices.DeviceCgroup, devices.DeviceProgram))}
+    assert kinds == {devices.DeviceCgroup if devices.hierarchy() else devices.DeviceProgram}
+
+
+def test_without_any_device_control_mknod_goes_and_asking_for_rules_is_one_clear_error(monkeypatch):
+    """A host with neither mechanism (labkit's decision, so the host's mounts are stood in for)."""
+    monkeypatch.setattr(devices, "mechanism", lambda: None)
+    assert "CAP_MKNOD" not in Container().keep
+    with pytest.raises(LabkitError, match="^no device control on this host: .*or run without device rules$"):
+        Container(device_rules=True)
+
+
 def test_without_device_rules_the_default_container_has_no_cap_mknod():
-    """Pure cgroup v2 (the lab VM) has no devices controller: CAP_MKNOD goes instead."""
+    """Without device rules (not root, or no mechanism): CAP_MKNOD goes instead."""
     keep = caps.resolve()
     assert "CAP_MKNOD" in container.without_mknod_unless_asked(keep, [], device_rules=True)
     assert "CAP_MKNOD" not in container.without_mknod_unless_asked(keep, [], device_rules=False)
