@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from labkit import cgroups
-from labkit.cgroups import LIMITS, MissingControllerError, units, v1, v2
+from labkit import cgroups, mountinfo
+from labkit.cgroups import LIMITS, MissingControllerError, layout, units, v1, v2
 from labkit.errors import UsageError
 from labkit.restart import parse_restart
 
@@ -95,6 +95,81 @@ def test_v1_files_parse():
     assert v1.parse_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")["oom_kill"] == 2
     text = "254:0 Read 0\n254:0 Write 6291456\n7:0 Write 5\nTotal 6291461\n"
     assert v1.parse_io_service_bytes(text, "254:0") == {"Read": 0, "Write": 6291456}
+
+
+# Mount tables as proc(5) shows them: a pure v2 lab VM, and a hybrid host with
+# cpu and cpuacct in one hierarchy, plus a second, partial mount of memory.
+PURE_V2 = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n"
+HYBRID = """\
+31 23 0:28 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755
+32 31 0:29 / /sys/fs/cgroup/unified rw shared:5 - cgroup2 cgroup2 rw,nsdelegate
+33 31 0:30 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+34 31 0:31 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 /lab /srv/memory\\040view rw - cgroup cgroup rw,memory
+36 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+37 31 0:33 / /sys/fs/cgroup/blkio rw - cgroup cgroup rw,blkio,release_agent=/x,clone_children
+"""
+
+
+def test_layout_of_pure_v2():
+    where = layout.Layout(mountinfo.parse(PURE_V2), v2_controllers=("cpuset", "cpu", "io", "memory", "pids"))
+    assert where.v2_mount == "/sys/fs/cgroup" and where.v1 == []
+    assert where.version("memory") == "v2" and where.version("io") == "v2" and where.version("devices") is None
+    assert cgroups.controllers(where) == {"cpu": "v2", "memory": "v2", "pids": "v2", "io": "v2"}
+    assert where.labkit_dir(where.v2, "web") == "/sys/fs/cgroup/labkit/web"
+    assert where.directory("0::/labkit/web") == "/sys/fs/cgroup/labkit/web"
+    assert where.directory("0::/") == "/sys/fs/cgroup"
+    assert where.directory("4:memory:/labkit/web") is None        # no v1 hierarchy here
+
+
+def test_layout_of_a_hybrid_host():
+    where = layout.Layout(mountinfo.parse(HYBRID), v2_controllers=())
+    assert where.v2_mount == "/sys/fs/cgroup/unified"
+    assert where.v1_mount("cpuacct") == where.v1_mount("cpu") == "/sys/fs/cgroup/cpu,cpuacct"
+    assert where.v1_mount("name=systemd") == "/sys/fs/cgroup/systemd"
+    assert where.v1_mount("memory") == "/sys/fs/cgroup/memory"      # the whole tree, not the /lab view
+    assert where.v1_hierarchy("blkio").controllers == ("blkio",)     # flags are not controllers
+    assert where.versions() == {"cpu": "v1", "cpuacct": "v1", "memory": "v1", "blkio": "v1"}
+    assert cgroups.controllers(where) == {"cpu": "v1", "memory": "v1", "io": "v1"}
+    assert cgroups.mounts(where)[0]["blkio"] == "/sys/fs/cgroup/blkio"
+    # /proc/PID/cgroup lines: the hierarchy by its controllers, in any order
+    assert where.directory("3:cpuacct,cpu:/labkit/web") == "/sys/fs/cgroup/cpu,cpuacct/labkit/web"
+    assert where.directory("1:name=systemd:/user.slice") == "/sys/fs/cgroup/systemd/user.slice"
+    assert where.directory("0::/labkit/web") == "/sys/fs/cgroup/unified/labkit/web"
+    assert where.directory("9:pids:/labkit/web") is None            # pids is not mounted here
+
+
+def test_a_mount_root_other_than_slash():
+    """A mount of group /lab shows /lab's subtree: /lab/x is <point>/x, and
+    /other (or /.., outside the reader's cgroup namespace) is not reachable."""
+    memory = layout.Layout(mountinfo.parse(HYBRID.splitlines()[4]), v2_controllers=())
+    assert memory.v1_mount("memory") == "/srv/memory view"
+    assert memory.directory("5:memory:/lab/x") == "/srv/memory view/x"
+    assert memory.directory("5:memory:/lab") == "/srv/memory view"
+    assert memory.directory("5:memory:/labx") is None
+    assert memory.directory("5:memory:/../x") is None
+
+
+def test_layout_on_this_host_agrees_with_the_kernel(no_leaks):
+    """Each directory layout finds for a process lists that process in its
+    cgroup.procs; a Cgroup's groups are found below labkit/, and only then."""
+    where = layout.read()
+    own = where.dirs_of(os.getpid())
+    assert own, "no cgroup hierarchy reached from here"
+    for _, directory in own:
+        with open(os.path.join(directory, "cgroup.procs")) as f:
+            assert str(os.getpid()) in f.read().split()
+    assert not any(where.is_labkit(h, d) for h, d in own)
+    with cgroups.Cgroup(f"t-layout-{os.getpid()}", pids=8) as cg:
+        sleeper = subprocess.Popen(["sleep", "30"])
+        try:
+            cg.add(sleeper.pid)
+            found = [d for h, d in where.dirs_of(sleeper.pid) if where.is_labkit(h, d)]
+            assert sorted(found) == sorted(cg.paths())
+            assert set(cg.paths()) <= set(where.labkit_groups())
+        finally:
+            sleeper.kill()
+            sleeper.wait()
 
 
 def test_detection_matches_the_mounts():
