@@ -193,7 +193,7 @@ def _load_hint(err: int) -> str:
     if err == errno.EPERM:
         return "loading a cgroup BPF program needs CAP_SYS_ADMIN (or CAP_BPF and CAP_NET_ADMIN)"
     if err in (errno.EINVAL, errno.EACCES):
-        return "the verifier's last line above says why; see `labkit.devices.listing()`"
+        return "the verifier's reason is quoted; compare it with labkit.devices.listing()"
     return "check that the kernel has CONFIG_CGROUP_BPF (see `labkit doctor`)"
 
 

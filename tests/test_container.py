@@ -24,7 +24,7 @@ import time
 import pytest
 
 from conftest import labkit_cli
-from labkit import caps, cgroups, container, devices, kernel, seccomp, syscalls
+from labkit import bpf, caps, cgroups, container, devices, kernel, seccomp, syscalls
 from labkit.container import Container
 from labkit.errors import LabkitError
 
@@ -40,7 +40,8 @@ def own_objects(c: Container) -> dict[str, object]:
                                      if v != kernel.ns_inode("self", k)},
             "cgroups": [p.paths() if isinstance(p, cgroups.Cgroup) else [p.path]
                         for p in c.prims if isinstance(p, (cgroups.Cgroup, devices.DeviceCgroup))],
-            "overlay": [p.dir for p in c.prims if getattr(p, "dir", None)]}
+            "overlay": [p.dir for p in c.prims if getattr(p, "dir", None)],
+            "programs": [p.prog_id for p in c.prims if isinstance(p, devices.DeviceProgram)]}
 
 
 def assert_gone(objects: dict[str, object]) -> None:
@@ -60,6 +61,15 @@ def assert_gone(objects: dict[str, object]) -> None:
     assert not os.path.exists(f"/proc/{objects['pid']}")
     assert not any(os.path.exists(p) for paths in objects["cgroups"] for p in paths)
     assert not any(os.path.exists(d) for d in objects["overlay"])
+    for prog_id in objects["programs"]:       # the device program goes with its group (a workqueue)
+        for _ in range(50):
+            try:
+                os.close(bpf.prog_fd_by_id(prog_id))
+            except FileNotFoundError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"device program {prog_id} is still loaded")
 
 
 def run_inside(script: str, **spec: object) -> tuple[int, str, str, dict[str, object]]:
