@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from . import bpf
 from .bpf import Insn
-from .cgroups import mounts, open_self_move
+from .cgroups import layout, open_self_move
 from .cgroups.v1 import kill_procs
 from .errors import LabkitError, UsageError
 from .spawn import Primitive
@@ -82,22 +82,18 @@ def parse_rule(text: str) -> Rule:
     return Rule(kind, major, minor, access)
 
 
-def hierarchy() -> str | None:
+def hierarchy(where: layout.Layout | None = None) -> str | None:
     """Where the v1 devices hierarchy is mounted, or None (pure cgroup v2)."""
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            _, point, fstype, options = line.split()[:4]
-            if fstype == "cgroup" and "devices" in options.split(","):
-                return point
-    return None
+    return (where or layout.read()).v1_mount("devices")
 
 
-def mechanism() -> str | None:
+def mechanism(where: layout.Layout | None = None) -> str | None:
     """How this host controls devices: "v1" (a devices hierarchy), "bpf" (none,
     but a cgroup2 mount to attach a device program to) or None."""
-    if hierarchy() is not None:
+    where = where or layout.read()
+    if where.v1_mount("devices") is not None:
         return "v1"
-    return "bpf" if mounts()[1] is not None else None
+    return "bpf" if where.v2_mount is not None else None
 
 
 def available() -> bool:

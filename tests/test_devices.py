@@ -29,7 +29,7 @@ from labkit import bpf, cgroups, devices, spawn
 from labkit.errors import LabkitError, UsageError
 
 ROOT = os.geteuid() == 0
-UNIFIED = cgroups.mounts()[1]
+UNIFIED = cgroups.layout.read().v2_mount
 
 
 # -- the program, decoded ---------------------------------------------------
