@@ -47,9 +47,12 @@ DEFAULT_RELEASE = "trixie"
 # init with udev and dbus, sudo, and ifupdown-free networking through systemd-networkd.
 INCLUDE = ("linux-image-amd64,initramfs-tools,systemd,systemd-sysv,udev,dbus,kmod,"
            "e2fsprogs,sudo,ca-certificates,iproute2,procps,less")
-# The files whose content decides what the image holds: a change to any rebuilds it.
+# The files whose content decides what the image holds: a change to any rebuilds it,
+# as does a change to the guest's files below or to BUILD_STEPS (bump it when
+# Image.build does something new).
 INPUTS = ("vagrant/provision.sh", "scripts/setup.sh", "scripts/jupyter-service.sh",
-          "scripts/put.sh", "requirements.txt", "pyproject.toml", "scripts/labvm.py")
+          "scripts/put.sh", "requirements.txt", "pyproject.toml")
+BUILD_STEPS = 1
 DISK_SIZE = "12G"
 SWAP_SIZE = "1G"
 HOST_CA_DIR = "/usr/local/share/ca-certificates"
@@ -78,8 +81,9 @@ share=/run/labkit-vm
 mkdir -p "$share"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 labkit-run "$share"
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
-bash -l "$share/job" > /dev/ttyS1 2>&1 < /dev/null
-echo "$?" > "$share/status.new" && mv "$share/status.new" "$share/status"
+# Through a pipe, as in a CI log: the job's stdout is not a terminal (no colours).
+bash -l "$share/job" < /dev/null 2>&1 | cat > /dev/ttyS1
+echo "${PIPESTATUS[0]}" > "$share/status.new" && mv "$share/status.new" "$share/status"
 sync
 systemctl poweroff --no-block
 """
@@ -112,7 +116,8 @@ def sh(*argv: str, **kw) -> subprocess.CompletedProcess:
 
 
 def inputs_digest(release: str) -> str:
-    h = hashlib.sha256(f"{release}\n{INCLUDE}\n{MIRROR}\n".encode())
+    guest = (INCLUDE, MIRROR, JOB_UNIT, JOB_SCRIPT, FSTAB, NETWORK, DISK_SIZE, SWAP_SIZE, BUILD_STEPS)
+    h = hashlib.sha256(repr((release,) + guest).encode())
     for rel in INPUTS:
         with open(os.path.join(REPO, rel), "rb") as f:
             h.update(rel.encode() + b"\0" + f.read())
