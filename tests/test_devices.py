@@ -366,3 +366,14 @@ def test_a_process_started_through_the_pipeline_meets_the_program(v2_group, node
     assert "Operation not permitted" in proc.stdout and "dd=1" in proc.stdout, proc.stdout
     assert devices.attached(v2_group)[1] == [prims[1].prog_id]
     assert bpf_prog_fds() == held
+    # Detached by hand (BPF_PROG_DETACH names the program: the group allows several,
+    # BPF_F_ALLOW_MULTI), it has no holder left and the kernel frees it.
+    prog_fd = bpf.prog_fd_by_id(prims[1].prog_id)
+    group_fd = os.open(v2_group, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        bpf.prog_detach(group_fd, prog_fd, bpf.BPF_CGROUP_DEVICE)
+    finally:
+        os.close(group_fd)
+        os.close(prog_fd)
+    assert devices.attached(v2_group)[1] == []
+    assert wait_freed(prims[1].prog_id)
