@@ -176,7 +176,11 @@ def listing(allowed: tuple[str, ...] = ALLOWED) -> list[str]:
 
 def load(insns: list[Insn]) -> int:
     """Load ``insns`` (``instructions()``) as a device program; return its fd. A
-    refusal is one LabkitError line: the errno and where the verifier stopped."""
+    refusal is one LabkitError line: the errno and where the verifier stopped.
+
+    The license is labkit's own, "MIT": the verifier asks for a GPL-compatible
+    one only before a call to a helper marked gpl_only (check_helper_call,
+    kernel/bpf/verifier.c), and this program calls no helper."""
     try:
         return bpf.prog_load(bpf.BPF_PROG_TYPE_CGROUP_DEVICE, insns, name=PROG_NAME,
                              license="MIT", expected_attach_type=bpf.BPF_CGROUP_DEVICE)
