@@ -108,3 +108,33 @@ def test_cleanup_kills_and_removes_nested_groups(version):
                 os.rmdir(d)
     assert not os.path.exists(group)
     assert not settled_leaks(before), f"left {settled_leaks(before)}"
+
+
+def test_the_leak_checker_sees_a_new_tracefs_mount_and_groups_in_every_hierarchy(tmp_path):
+    """hoststate (which imports nothing from labkit) reports a tracefs mount that
+    appeared (made here in a private mount namespace, so the host's table is
+    untouched) and a group below labkit/ in the v2 hierarchy and in a v1 one,
+    wherever they are mounted."""
+    point = tmp_path / "trace mnt"                       # a space: mountinfo writes \040
+    point.mkdir()
+    code = ("import subprocess, sys; sys.path.insert(0, sys.argv[1]); from hoststate import leaks, snapshot;"
+            "before = snapshot(); subprocess.run(['mount', '-t', 'tracefs', 'tracefs', sys.argv[2]], check=True);"
+            "print(sorted(leaks(before, snapshot()).get('mounts', [])))")
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", code,
+                          os.path.dirname(__file__), str(point)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == repr([f"tracefs {point} tracefs"])
+
+    where = layout.read()
+    made = [where.labkit_dir(h, f"t-hoststate-{os.getpid()}")
+            for h in (where.v2, where.v1_hierarchy("pids")) if h is not None]
+    before = snapshot()
+    try:
+        for d in made:
+            os.makedirs(d)
+        assert leaks(before, snapshot()).get("cgroups") == set(made)
+    finally:
+        for d in made:
+            if os.path.isdir(d):
+                os.rmdir(d)
+    assert "cgroups" not in leaks(before, snapshot())
