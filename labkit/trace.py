@@ -541,12 +541,13 @@ def _cgroup_dirs(pid: int) -> dict[str, tuple[str, str]]:
     """controller -> (v1|v2, directory) of ``pid``'s cgroup, for the controllers
     of CGROUP_FILES: /proc/PID/cgroup resolved by cgroups.layout, the module that
     knows where each hierarchy is mounted (cgroups(7)). On v2 the one directory
-    serves each controller the v2 root offers."""
+    serves each controller the v2 root offers. /proc/PID/cgroup is read first:
+    the process may be about to exit (layout.cgroup_lines)."""
     from .cgroups import layout
 
-    where = layout.read()
+    lines = layout.cgroup_lines(pid)
     found: dict[str, tuple[str, str]] = {}
-    for hierarchy, directory in where.dirs_of(pid):
+    for hierarchy, directory in layout.read().dirs(lines):
         for c in CGROUP_FILES:
             if c in hierarchy.controllers:
                 found.setdefault(c, (hierarchy.version, directory))

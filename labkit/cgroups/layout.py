@@ -179,10 +179,8 @@ class Layout:
         found = self.hierarchy_of(line)
         return found[0].directory(found[1]) if found else None
 
-    def dirs_of(self, pid: int | str) -> list[tuple[Hierarchy, str]]:
-        """(hierarchy, directory) of each of ``pid``'s groups this table reaches."""
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
+    def dirs(self, lines: list[str]) -> list[tuple[Hierarchy, str]]:
+        """(hierarchy, directory) of each /proc/PID/cgroup line this table reaches."""
         result = []
         for line in lines:
             found = self.hierarchy_of(line)
@@ -191,9 +189,21 @@ class Layout:
                 result.append((found[0], directory))
         return result
 
+    def dirs_of(self, pid: int | str) -> list[tuple[Hierarchy, str]]:
+        """(hierarchy, directory) of each of ``pid``'s groups this table reaches."""
+        return self.dirs(cgroup_lines(pid))
+
     def is_labkit(self, hierarchy: Hierarchy, directory: str) -> bool:
         """True when ``directory`` is a group below ``labkit/`` of ``hierarchy``."""
         return directory.startswith(self.labkit_dir(hierarchy) + "/")
+
+
+def cgroup_lines(pid: int | str) -> list[str]:
+    """The lines of /proc/PID/cgroup. For a task already exiting, a v1 hierarchy
+    shows "/" instead of its group (proc_cgroup_show, kernel/cgroup/cgroup.c):
+    read it while the process runs."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        return f.read().splitlines()
 
 
 def read(pid: int | str = "self") -> Layout:
