@@ -43,7 +43,6 @@ from .errors import LabkitError, NotRootError
 from .spawn import Primitive
 from .syscalls import syscall_name
 
-CGROUP_ROOT = "/sys/fs/cgroup"
 
 # The events a trace records, as tracefs names them: events/<system>/<event>.
 EVENTS = (
@@ -350,10 +349,15 @@ class Trace(Primitive):
             for key in ("overrun", "dropped events"):
                 m = re.search(rf"^{key}: (\d+)", stats, re.M)
                 self.lost += int(m.group(1)) if m else 0
+        with open(f"{self.dir}/trace") as f:
+            events = _parse(f)
+        moved = _attached_dirs(events)
+        if moved:                       # the kernel's word beats what observe() could read
+            self.cgroup_dirs = moved
+            self.cgroup_limits = {c: {"limit": self._cgroup_value(c, 0)} for c in CGROUP_FILES}
         for c in self.cgroup_limits:
             self.cgroup_limits[c]["usage"] = self._cgroup_value(c, 1)
-        with open(f"{self.dir}/trace") as f:
-            self.records = self._records(_parse(f))
+        self.records = self._records(events)
         return self.records
 
     def _records(self, events: list[Event]) -> list[Record]:
@@ -537,6 +541,22 @@ def _parse(lines) -> list[Event]:
     return events
 
 
+def _attached_dirs(events: list[Event]) -> dict[str, tuple[str, str]]:
+    """controller -> (v1|v2, directory) of the groups the traced processes moved
+    into, from the kernel's ``cgroup:cgroup_attach_task`` events (the last move
+    per hierarchy wins). Evidence, not a reading of /proc: the container's PID 1
+    moves itself in enter(), and /proc/PID/cgroup of a process that already
+    exited shows nothing (or "/" on v1 while it exits). ``dst_root`` is the
+    hierarchy's ID, the first field of a /proc/PID/cgroup line (0 for v2), and
+    ``dst_path`` the group's full path (include/trace/events/cgroup.h)."""
+    from .cgroups import layout
+
+    names = {line.split(":")[0]: line.split(":")[1] for line in layout.cgroup_lines("self")}
+    moves = {e.fields["dst_root"]: e.fields["dst_path"] for e in events
+             if e.name == "cgroup_attach_task" and e.fields.get("dst_root") in names}
+    return _controller_dirs([f"{root}:{names[root]}:{path}" for root, path in moves.items()])
+
+
 def _cgroup_dirs(pid: int) -> dict[str, tuple[str, str]]:
     """controller -> (v1|v2, directory) of ``pid``'s cgroup, for the controllers
     of CGROUP_FILES: /proc/PID/cgroup resolved by cgroups.layout, the module that
@@ -545,7 +565,13 @@ def _cgroup_dirs(pid: int) -> dict[str, tuple[str, str]]:
     the process may be about to exit (layout.cgroup_lines)."""
     from .cgroups import layout
 
-    lines = layout.cgroup_lines(pid)
+    return _controller_dirs(layout.cgroup_lines(pid))
+
+
+def _controller_dirs(lines: list[str]) -> dict[str, tuple[str, str]]:
+    """/proc/PID/cgroup lines -> controller -> (v1|v2, directory), for CGROUP_FILES."""
+    from .cgroups import layout
+
     found: dict[str, tuple[str, str]] = {}
     for hierarchy, directory in layout.read().dirs(lines):
         for c in CGROUP_FILES:
