@@ -12,8 +12,9 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass
 
-from . import kernel, mountinfo
+from . import devices, kernel, mountinfo, trace
 from .cgroups import layout
+from .errors import LabkitError
 
 TOOLS = ("busybox", "strace", "unshare")
 
@@ -80,12 +81,36 @@ def checks() -> list[Check]:
                         f"mounted at {', '.join(traced)}" if traced
                         else "not mounted (labkit trace mounts it where only it sees it)",
                         required=False))
+    result.append(capability_events())
+    mechanism = devices.mechanism()
+    result.append(Check("device control", mechanism is not None,
+                        {"v1": "cgroup v1 devices group", "bpf": "cgroup v2 BPF device program"}.get(
+                            mechanism or "", "none"),
+                        "mount the v1 devices controller, or use cgroup v2 with BPF (CONFIG_CGROUP_BPF)",
+                        required=False))
     for tool in TOOLS:
         path = shutil.which(tool)
         result.append(Check(f"tool {tool}", path is not None, path or "not found",
                             f"apt-get install {'busybox-static' if tool == 'busybox' else tool}",
                             required=tool == "busybox"))
     return result
+
+
+def capability_events() -> Check:
+    """Where `labkit trace` gets capability checks on this kernel: the
+    capability:cap_capable tracepoint (Linux 6.14 and later), else a kprobe on
+    cap_capable (CONFIG_KPROBE_EVENTS), else nowhere."""
+    try:
+        root = trace.tracefs()
+    except LabkitError as e:
+        return Check("capability checks", False, e.message, e.hint, required=False)
+    if os.path.isdir(f"{root}/events/capability/cap_capable"):
+        return Check("capability checks", True, "tracepoint capability:cap_capable", required=False)
+    if os.path.exists(f"{root}/kprobe_events"):
+        return Check("capability checks", True, "kprobe on cap_capable (no tracepoint before 6.14)",
+                     required=False)
+    return Check("capability checks", False, "no tracepoint and no kprobe events",
+                 "use a kernel with CONFIG_KPROBE_EVENTS, or Linux 6.14 or newer", required=False)
 
 
 def ready(results: list[Check]) -> bool:
