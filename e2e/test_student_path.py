@@ -10,7 +10,10 @@ Run menu, as a student would. Then:
 - no cell shows an error or anything on stderr, except cells tagged
   ``raises-exception`` (the tag JupyterLab's Run All and nbval honour). stderr
   that is only a warning fails too: JupyterLab draws it as the same red box, a
-  student cannot tell it from an error, and the notebook's saved outputs have none;
+  student cannot tell it from an error, and the notebook's saved outputs have none.
+  Seen so: "Matplotlib is building the font cache; this may take a moment." in the
+  first cell, on a loaded host (matplotlib/font_manager.py prints it when building
+  the cache takes over 5 s): the fix is a font cache built at provisioning;
 - the step-through player moves: Play changes the syscall shown (the slider's
   readout and the figure), and the slider, moved with its keyboard keys, brings
   back the first record's figure and then shows the last one's.
