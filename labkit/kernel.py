@@ -14,6 +14,8 @@ import ctypes
 import errno
 import os
 
+from .syscalls import syscall_number
+
 # CDLL(None) is the running program, which links the C library (glibc or musl).
 _libc = ctypes.CDLL(None, use_errno=True)
 # The same library, called without releasing the GIL (see fork).
@@ -45,11 +47,14 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
 MS_BIND = 4096
 MS_MOVE = 8192
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
+MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 
 # umount2(2) flags.
@@ -63,23 +68,13 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 
-# Syscall numbers for the calls libc has no wrapper for, by machine
-# (arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h).
-_SYSCALL_NUMBERS = {
-    "pivot_root": {"x86_64": 155, "aarch64": 41},
-    "finit_module": {"x86_64": 313, "aarch64": 273},
-    # The new mount API has one number on every architecture (since 5.2).
-    "fsopen": {"x86_64": 430, "aarch64": 430},
-    "fsconfig": {"x86_64": 431, "aarch64": 431},
-    "fsmount": {"x86_64": 432, "aarch64": 432},
-}
-
-
 def _syscall(name: str, *args: object) -> int:
-    """syscall(2) by name; ENOSYS where labkit does not know this machine's number."""
-    number = _SYSCALL_NUMBERS[name].get(os.uname().machine)
-    if number is None:
-        raise OSError(errno.ENOSYS, f"{name}: labkit knows no syscall number for {os.uname().machine}")
+    """syscall(2) by name, for the calls libc has no wrapper for; ENOSYS where
+    labkit knows no number for this machine (syscalls.py holds the tables)."""
+    try:
+        number = syscall_number(name)
+    except KeyError:
+        raise OSError(errno.ENOSYS, f"{name}: labkit knows no syscall number for {os.uname().machine}") from None
     return _check(_libc.syscall(ctypes.c_long(number), *args), name)
 
 

@@ -300,17 +300,30 @@ def _make_mount_point(path: str, is_dir: bool) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
+# statvfs(3)'s f_flag bits -> the mount(2) flags that set them.
+_MOUNT_FLAGS = {os.ST_NOSUID: kernel.MS_NOSUID, os.ST_NODEV: kernel.MS_NODEV,
+                os.ST_NOEXEC: kernel.MS_NOEXEC, os.ST_NOATIME: kernel.MS_NOATIME,
+                os.ST_NODIRATIME: kernel.MS_NODIRATIME, os.ST_RELATIME: kernel.MS_RELATIME}
+
+
 def _bind(source: str, target: str, readonly: bool, flags: int = 0) -> None:
     """Bind-mount ``source`` at ``target``; read-only takes a second call.
 
     mount(2): MS_RDONLY is ignored on the first MS_BIND call; a bind mount is
     made read-only by remounting it with MS_REMOUNT | MS_BIND | MS_RDONLY
-    (which applies to that one mount, not to mounts below it).
+    (which applies to that one mount, not to mounts below it). That remount sets
+    the mount's flags to exactly those given, so it repeats the ones the bind
+    inherited (nosuid, nodev, noexec, the atime flags): in a user namespace the
+    kernel refuses to clear them with EPERM, since they were locked when the
+    mount was copied into a less privileged mount namespace (mount(2), EPERM;
+    fs/namespace.c, can_change_locked_flags). Debian 13's /tmp is such a mount.
     """
     kernel.mount(source, target, None, kernel.MS_BIND | kernel.MS_REC)
     if readonly:
+        inherited = os.statvfs(target).f_flag
+        kept = sum(ms for st, ms in _MOUNT_FLAGS.items() if inherited & st)
         kernel.mount(None, target, None,
-                     kernel.MS_BIND | kernel.MS_REMOUNT | kernel.MS_RDONLY | flags)
+                     kernel.MS_BIND | kernel.MS_REMOUNT | kernel.MS_RDONLY | kept | flags)
 
 
 def _mask(path: str, dev_null: str) -> None:

@@ -122,7 +122,9 @@ def test_a_dropped_capability_denies_its_call(keep, expected, no_leaks):
 @pytest.fixture
 def setuid_cat():
     """A set-user-ID-root copy of cat(1), so that it reports its own credentials."""
-    directory = tempfile.mkdtemp(prefix="labkit-caps-test-")
+    # Not /tmp: where /tmp is a nosuid tmpfs (Debian 13, systemd's tmp.mount) the
+    # kernel ignores the set-user-ID bit (mount(2), MS_NOSUID).
+    directory = tempfile.mkdtemp(prefix="labkit-caps-test-", dir="/var/tmp")
     os.chmod(directory, 0o755)
     path = os.path.join(directory, "suid-cat")
     shutil.copy("/bin/cat", path)

@@ -287,7 +287,7 @@ def test_a_crashed_lab_leaves_no_attached_loop_device(no_leaks):
     from labkit.loopdev import BACKING_DIR, remove_leftovers
 
     name = f"t-crash-{os.getpid()}"
-    code = f"from labkit.loopdev import LoopDevice; import os; d = LoopDevice({name!r}, '1M'); print(d.attach()); os._exit(9)"
+    code = f"from labkit.loopdev import LoopDevice; import os; d = LoopDevice({name!r}, '1M'); print(d.attach(), flush=True); os._exit(9)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     device = out.stdout.strip()
     assert device.startswith("/dev/loop"), out.stderr

@@ -177,7 +177,11 @@ def test_without_the_filter_those_calls_reach_the_kernel():
     """The same probe unconfined: the kernel answers itself (EFAULT, EBADF, success),
     so the EPERMs above were the filter's, checked before the call ran."""
     # (only calls that are harmless when they run: ptrace(PTRACE_TRACEME) would really trace)
-    found = probe(("unshare", "setns", "pivot_root", "keyctl", "open_by_handle_at"), seccomp=False)
+    # CAP_DAC_READ_SEARCH: older kernels check it before they read the handle (fs/fhandle.c,
+    # handle_to_path: EPERM on 6.1 and 6.12), newer ones read the handle first (EFAULT on
+    # 6.18); with it, every kernel reaches the read of the probe's bad pointer.
+    found = probe(("unshare", "setns", "pivot_root", "keyctl", "open_by_handle_at"), seccomp=False,
+                  cap_add=["CAP_DAC_READ_SEARCH"])
     assert found["clone3"] != "ENOSYS"
     assert found["unshare"] == "ok"                           # unshare(0) does nothing, allowed
     assert found["setns"] == "EINVAL"                         # fd 0 is no namespace file

@@ -285,9 +285,31 @@ def test_cli_not_root_is_refused_with_the_hint():
 
 def test_cli_sigterm_kills_container_and_releases(no_leaks):
     proc = subprocess.Popen([sys.executable, "-m", "labkit", "run", "--", "sleep", "60"])
-    time.sleep(0.5)
+    # SIGTERM once the container runs (a slow machine, such as a VM under TCG, takes
+    # more than a second to start Python): its `sleep` is a grandchild of labkit.
+    deadline = time.monotonic() + 60
+    while not container_sleep_of(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+
+
+def container_sleep_of(launcher: int) -> bool:
+    """True when a `sleep` runs whose parent's parent is ``launcher`` (labkit -> relay -> PID 1)."""
+    def ppid(pid: str) -> int:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return int(f.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            return 0
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/comm") as f:
+                if f.read().strip() == "sleep" and ppid(str(ppid(p))) == launcher:
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return False
 
 
 def test_cli_run_path_imports_no_heavy_library():
