@@ -52,7 +52,7 @@ INCLUDE = ("linux-image-amd64,initramfs-tools,systemd,systemd-sysv,udev,dbus,kmo
 # Image.build does something new).
 INPUTS = ("vagrant/provision.sh", "scripts/setup.sh", "scripts/jupyter-service.sh",
           "scripts/put.sh", "requirements.txt", "pyproject.toml")
-BUILD_STEPS = 1
+BUILD_STEPS = 2
 DISK_SIZE = "12G"
 SWAP_SIZE = "1G"
 HOST_CA_DIR = "/usr/local/share/ca-certificates"
@@ -231,7 +231,7 @@ class Image:
                     "bash /labkit/vagrant/provision.sh; "
                     "LABKIT_VENV=/opt/labkit/venv bash /labkit/scripts/setup.sh --test; "
                     "rm -f /usr/local/share/ca-certificates/labkit-build-*; "
-                    "update-ca-certificates --fresh >/dev/null; apt-get clean; rm -rf /root/.cache",
+                    "update-ca-certificates --fresh >/dev/null; apt-get clean; rm -rf /root/.cache/pip",
                     env={"LABKIT_JUPYTER_IP": "0.0.0.0", "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"})
         with open(f"{root}/etc/resolv.conf", "w") as f:
             f.write("nameserver 10.0.2.3\n")          # qemu's user-network DNS
@@ -268,8 +268,17 @@ def accel() -> str:
     return "kvm" if os.environ.get("LABKIT_VM_ACCEL") == "kvm" else "tcg,thread=single"
 
 
+# The test suite's download cache (tests/test_scripts.py: a debootstrap tarball, apt's
+# and pip's downloads), shared with the VM so that its provisioning test does not
+# download and unpack Debian again under TCG.
+TEST_CACHE = os.environ.get("LABKIT_DEBOOTSTRAP_CACHE", "/var/cache/labkit/debootstrap")
+MOUNT_TEST_CACHE = (f"mkdir -p {TEST_CACHE} && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "
+                    f"labkit-test-cache {TEST_CACHE}\n")
+
+
 def boot(image: Image, job: str, port: int | None, timeout: float, memory: int, cpus: int) -> int:
     """Boot the image with the job, print its output as it comes, return its exit status."""
+    os.makedirs(TEST_CACHE, exist_ok=True)
     run = tempfile.mkdtemp(prefix="labkit-vm-")
     try:
         with open(f"{run}/job", "w") as f:
@@ -288,6 +297,7 @@ def boot(image: Image, job: str, port: int | None, timeout: float, memory: int, 
             "-drive", f"file={image.swap},format=raw,if=virtio,snapshot=on",
             "-virtfs", f"local,path={REPO},mount_tag=labkit,security_model=passthrough,id=labkit",
             "-virtfs", f"local,path={run},mount_tag=labkit-run,security_model=passthrough,id=run",
+            "-virtfs", f"local,path={TEST_CACHE},mount_tag=labkit-test-cache,security_model=passthrough,id=cache",
             "-nic", f"user,model=virtio-net-pci{fwd}",
             "-serial", f"file:{run}/console.log", "-serial", f"file:{out}",
         ]
@@ -377,7 +387,7 @@ def main(argv: list[str]) -> int:
         return 0
     args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
     if opts.command == "test":
-        job = f"cd /labkit && exec ./lab test {shlex.join(args)}\n"
+        job = MOUNT_TEST_CACHE + f"cd /labkit && exec ./lab test {shlex.join(args)}\n"
     else:
         if not args:
             fail("vm run: no command: use ./lab vm run -- CMD [ARG...]")

@@ -10,7 +10,8 @@
 #   vagrant (`vagrant validate`), shellcheck, debootstrap (a fresh Debian root for
 #   the provisioning test), linux-libc-dev (the kernel's syscall tables), git.
 #   With --vm (what `./lab vm` uses), what builds and boots the lab VM: debootstrap,
-#   qemu-system-x86 and qemu-utils, e2fsprogs (mkfs.ext4 -d), cpio and kmod (initramfs).
+#   qemu-system-x86 and qemu-utils, e2fsprogs (mkfs.ext4 -d), cpio and kmod (initramfs),
+#   chromium (the browser test of the student's path, driven by Playwright).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,7 +20,7 @@ packages=(busybox-static strace iproute2 util-linux runc bubblewrap libseccomp2 
 case "${1:-}" in
 "") ;;
 --test) packages+=(shellcheck vagrant debootstrap linux-libc-dev) ;;
---vm) packages+=(debootstrap qemu-system-x86 qemu-utils e2fsprogs cpio kmod) ;;
+--vm) packages+=(debootstrap qemu-system-x86 qemu-utils e2fsprogs cpio kmod chromium) ;;
 *) echo "setup: unknown option $1: use scripts/setup.sh [--test|--vm]" >&2; exit 2 ;;
 esac
 
@@ -55,6 +56,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements.txt"
     # compat mode: a plain path in a .pth file, no import hook (keeps `labkit run` fast)
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$repo" --config-settings editable_mode=compat
+    # matplotlib builds its font cache on first import and, when that takes over 5 s
+    # (a loaded or emulated machine), says so on stderr in the student's first cell.
+    "$venv/bin/python" -c 'import matplotlib.font_manager'
     echo "$want" > "$stamp"
 fi
 echo "setup: ready ($venv)"
