@@ -82,6 +82,10 @@ mkdir -p "$share"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 labkit-run "$share"
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
 # Through a pipe, as in a CI log: the job's stdout is not a terminal (no colours).
+# The network may inspect TLS: trust, for this boot, what the host trusts beyond Debian.
+if [ -d "$share/ca" ]; then
+    cp "$share"/ca/*.crt /usr/local/share/ca-certificates/ 2>/dev/null && update-ca-certificates >/dev/null 2>&1
+fi
 bash -l "$share/job" < /dev/null 2>&1 | cat > /dev/ttyS1
 echo "${PIPESTATUS[0]}" > "$share/status.new" && mv "$share/status.new" "$share/status"
 sync
@@ -296,6 +300,8 @@ def boot(image: Image, job: str, port: int | None, timeout: float, memory: int, 
     try:
         with open(f"{run}/job", "w") as f:
             f.write(job)
+        if os.path.isdir(HOST_CA_DIR):
+            shutil.copytree(HOST_CA_DIR, f"{run}/ca")
         out = f"{run}/output.log"
         open(out, "w").close()
         fwd = f",hostfwd=tcp:127.0.0.1:{port}-:8888" if port else ""
