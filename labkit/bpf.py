@@ -25,7 +25,7 @@ import os
 import struct
 from typing import NamedTuple
 
-from .syscalls import syscall_number
+from . import kernel
 
 # enum bpf_cmd
 BPF_PROG_LOAD = 5
@@ -115,9 +115,6 @@ def disassemble(insn: Insn, pc: int) -> str:
 
 # -- the syscall -----------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 class _ProgLoad(ctypes.Structure):
     _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
                 ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
@@ -151,15 +148,9 @@ _CMD_NAMES = {BPF_PROG_LOAD: "BPF_PROG_LOAD", BPF_PROG_ATTACH: "BPF_PROG_ATTACH"
 def bpf(cmd: int, attr: ctypes.Structure) -> int:
     """bpf(2) with ``attr``; OSError(errno, "bpf(CMD): why") when it returns -1."""
     try:
-        number = syscall_number("bpf")
-    except KeyError:
-        raise OSError(errno.ENOSYS, f"bpf: labkit knows no syscall number for {os.uname().machine}") from None
-    result = _libc.syscall(ctypes.c_long(number), ctypes.c_int(cmd), ctypes.byref(attr),
-                           ctypes.c_uint(ctypes.sizeof(attr)))
-    if result == -1:
-        err = ctypes.get_errno()
-        raise OSError(err, f"bpf({_CMD_NAMES.get(cmd, cmd)}): {os.strerror(err)}")
-    return result
+        return kernel.syscall("bpf", ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr)))
+    except OSError as e:
+        raise OSError(e.errno, f"bpf({_CMD_NAMES.get(cmd, cmd)}): {os.strerror(e.errno or 0)}") from None
 
 
 class VerifierError(OSError):

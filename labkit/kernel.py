@@ -68,7 +68,7 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 
-def _syscall(name: str, *args: object) -> int:
+def syscall(name: str, *args: object) -> int:
     """syscall(2) by name, for the calls libc has no wrapper for; ENOSYS where
     labkit knows no number for this machine (syscalls.py holds the tables)."""
     try:
@@ -149,11 +149,11 @@ def detached_mount(fstype: str) -> int:
     ``/proc/self/fd/N/`` reach its files; nobody else sees it, and closing the
     last descriptor (or the process dying) frees it: nothing to unmount.
     """
-    fsfd = _syscall("fsopen", fstype.encode(), ctypes.c_uint(FSOPEN_CLOEXEC))
+    fsfd = syscall("fsopen", fstype.encode(), ctypes.c_uint(FSOPEN_CLOEXEC))
     try:
-        _syscall("fsconfig", ctypes.c_int(fsfd), ctypes.c_uint(FSCONFIG_CMD_CREATE),
+        syscall("fsconfig", ctypes.c_int(fsfd), ctypes.c_uint(FSCONFIG_CMD_CREATE),
                  None, None, ctypes.c_int(0))
-        return _syscall("fsmount", ctypes.c_int(fsfd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(0))
+        return syscall("fsmount", ctypes.c_int(fsfd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(0))
     finally:
         os.close(fsfd)
 
@@ -166,7 +166,7 @@ def pivot_root(new_root: str, put_old: str) -> None:
     current root nor new_root may have shared propagation. The old root is
     moved to put_old, from where it can then be unmounted.
     """
-    _syscall("pivot_root", _path(new_root), _path(put_old))
+    syscall("pivot_root", _path(new_root), _path(put_old))
 
 
 def sethostname(name: str) -> None:
@@ -306,7 +306,7 @@ def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
     call fails with EPERM whatever ``fd`` is. A kernel built without module
     support (CONFIG_MODULES=n) answers ENOSYS to everyone, before any check.
     """
-    _syscall("finit_module", ctypes.c_int(fd), params.encode(), ctypes.c_int(flags))
+    syscall("finit_module", ctypes.c_int(fd), params.encode(), ctypes.c_int(flags))
 
 
 # Network device ioctls, from <linux/sockios.h> and <net/if.h>; see netdevice(7).
