@@ -394,19 +394,23 @@ def main(argv: list[str]) -> int:
         p.add_argument("--release", choices=sorted(RELEASES), default=DEFAULT_RELEASE)
         if name == "build":
             p.add_argument("--force", action="store_true", help="rebuild even if the image is current")
-        if name == "test":
-            p.add_argument("--ci", action="store_true", help="CI's subset (see CI_LEAVES_OUT)")
         else:
+            if name == "test":
+                p.add_argument("--ci", action="store_true", help="CI's subset (see CI_LEAVES_OUT)")
             p.add_argument("--port", type=int, default=None, help="forward 127.0.0.1:PORT to the VM's 8888")
             p.add_argument("--timeout", type=float, default=float(os.environ.get("LABKIT_VM_TIMEOUT", 7200)))
             p.add_argument("--memory", type=int, default=4096, help="MiB (the Vagrantfile's default)")
             p.add_argument("--cpus", type=int, default=2)
-            p.add_argument("args", nargs=argparse.REMAINDER)
-    opts = parser.parse_args(argv)
+    # What labvm does not know goes to the job: pytest's options for `test`, the
+    # command for `run` (after `--`, which ends labvm's own options).
+    split = argv.index("--") if "--" in argv else len(argv)
+    opts, unknown = parser.parse_known_args(argv[:split])
+    if opts.command == "build" and (unknown or argv[split + 1:]):
+        fail(f"vm build: unexpected arguments {unknown + argv[split + 1:]}")
     image = ready_image(opts.release, getattr(opts, "force", False))
     if opts.command == "build":
         return 0
-    args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+    args = unknown + argv[split + 1:]
     if opts.command == "test":
         if opts.ci:
             args = [f"--ignore={path}" for path in CI_LEAVES_OUT] + args
