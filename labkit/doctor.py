@@ -104,13 +104,11 @@ def capability_events() -> Check:
         root = trace.tracefs()
     except LabkitError as e:
         return Check("capability checks", False, e.message, e.hint, required=False)
-    if os.path.isdir(f"{root}/events/capability/cap_capable"):
-        return Check("capability checks", True, "tracepoint capability:cap_capable", required=False)
-    if os.path.exists(f"{root}/kprobe_events"):
-        return Check("capability checks", True, "kprobe on cap_capable (no tracepoint before 6.14)",
-                     required=False)
-    return Check("capability checks", False, "no tracepoint and no kprobe events",
-                 "use a kernel with CONFIG_KPROBE_EVENTS, or Linux 6.14 or newer", required=False)
+    source = trace.capability_source(root)
+    if source is None:
+        return Check("capability checks", False, "no tracepoint and no kprobe events",
+                     "use a kernel with CONFIG_KPROBE_EVENTS, or Linux 6.14 or newer", required=False)
+    return Check("capability checks", True, source, required=False)
 
 
 def ready(results: list[Check]) -> bool:

@@ -222,6 +222,19 @@ def tracefs() -> str:
     return _private_root
 
 
+TRACEPOINT_SOURCE = "tracepoint capability:cap_capable"
+KPROBE_SOURCE = "kprobe on cap_capable"
+
+
+def capability_source(root: str) -> str | None:
+    """Where capability checks can come from under tracefs ``root``: the
+    tracepoint (Linux 6.14 and later), else a kprobe on cap_capable (a kernel
+    with CONFIG_KPROBE_EVENTS has kprobe_events), else None."""
+    if os.path.isdir(f"{root}/events/capability/cap_capable"):
+        return TRACEPOINT_SOURCE
+    return KPROBE_SOURCE if os.path.exists(f"{root}/kprobe_events") else None
+
+
 def instances() -> str:
     """The directory whose subdirectories are tracing instances (mkdir makes one)."""
     return f"{tracefs()}/instances"
@@ -458,17 +471,16 @@ class Trace(Primitive):
     def _capability_events(self) -> str | None:
         """Where capability checks come from on this kernel: tracepoint, kprobe, or None."""
         assert self.dir is not None
-        if os.path.exists(f"{self.dir}/events/capability/cap_capable"):
-            return "tracepoint capability:cap_capable"
-        if not os.path.exists(f"{self.root}/kprobe_events"):
-            return None
+        source = capability_source(self.root)
+        if source != KPROBE_SOURCE:
+            return source
         # int cap_capable(const struct cred *cred, struct user_namespace *targ_ns, int cap, ...)
         self.kprobe_group = f"labkit_{os.getpid()}_{next(_counter)}"
         _append(f"{self.root}/kprobe_events",
                 f"p:{self.kprobe_group}/cap_capable cap_capable target_ns=$arg2 cap=$arg3:s32\n"
                 f"r:{self.kprobe_group}/cap_capable_ret cap_capable ret=$retval:s32\n")
         _write(f"{self.dir}/events/{self.kprobe_group}/enable", "1")
-        return "kprobe on cap_capable"
+        return KPROBE_SOURCE
 
     def _calibrate_user_ns(self) -> str | None:
         """The pointer cap_capable prints for labkit's own (the host's) user namespace.
