@@ -40,12 +40,18 @@ def _config(fd: int, name: str) -> bytes:
 
 
 def backing_file(loop: str) -> str:
-    """The backing file of /dev/loopN as sysfs reports it ('' when detached)."""
+    """The backing file of /dev/loopN as sysfs reports it ('' when detached).
+
+    Detaching removes the device's loop/ attribute group (__loop_clr_fd ->
+    loop_sysfs_exit in drivers/block/loop.c): a read racing with that gets
+    ENODEV from kernfs instead of ENOENT, and means detached as well."""
     try:
         with open(f"/sys/block/{os.path.basename(loop)}/loop/backing_file") as f:
             return f.read().strip()
-    except FileNotFoundError:
-        return ""
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENODEV):
+            return ""
+        raise
 
 
 class LoopDevice:
