@@ -42,6 +42,7 @@ from . import kernel, mountinfo
 from .errors import LabkitError, NotRootError
 from .spawn import Primitive
 from .syscalls import syscall_name
+from .tracebuf import Event, parse as _parse
 
 
 # The events a trace records, as tracefs names them: events/<system>/<event>.
@@ -114,33 +115,21 @@ STEPS = ("syscall", "namespace", "cgroup", "capability", "execute")
 
 _counter = itertools.count()
 _host_user_ns: dict[int, str | None] = {}   # our user namespace's inode -> its cap_capable pointer
-_LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
-                   r"(?P<ts>\d+\.\d+): (?P<event>\w+): (?P<body>.*)$")
-_FIELD = re.compile(r"([\w-]+)[=: ]\s*([^\s,]+)")
 
 
-@dataclass
-class Event:
-    """One kernel event, as tracefs printed it."""
-
-    ts: float
-    pid: int
-    name: str                       # e.g. cap_capable, signal_generate, mark_victim
-    fields: dict[str, str]
-
-    def describe(self, trace: "Trace") -> str:
-        """One readable phrase for this event."""
-        f = self.fields
-        if self.name == "cap_capable":
-            cap = int(f.get("cap", -1))
-            capname = CAPABILITIES[cap] if 0 <= cap < len(CAPABILITIES) else f"cap {cap}"
-            verdict = "refused" if int(f.get("ret", 0)) else "granted"
-            return f"{capname} checked in {trace.user_ns_of(f)}: {verdict}"
-        if self.name in ("signal_generate", "signal_deliver"):
-            return f"{self.name} sig={f.get('sig')}" + (f" to host PID {f['pid']}" if "pid" in f else "")
-        if self.name == "mark_victim":
-            return f"OOM killer chose host PID {f.get('pid')}"
-        return f"{self.name} " + " ".join(f"{k}={v}" for k, v in f.items())
+def describe(e: Event, trace: "Trace") -> str:
+    """One readable phrase for a kernel event inside a record."""
+    f = e.fields
+    if e.name == "cap_capable":
+        cap = int(f.get("cap", -1))
+        capname = CAPABILITIES[cap] if 0 <= cap < len(CAPABILITIES) else f"cap {cap}"
+        verdict = "refused" if int(f.get("ret", 0)) else "granted"
+        return f"{capname} checked in {trace.user_ns_of(f)}: {verdict}"
+    if e.name in ("signal_generate", "signal_deliver"):
+        return f"{e.name} sig={f.get('sig')}" + (f" to host PID {f['pid']}" if "pid" in f else "")
+    if e.name == "mark_victim":
+        return f"OOM killer chose host PID {f.get('pid')}"
+    return f"{e.name} " + " ".join(f"{k}={v}" for k, v in f.items())
 
 
 @dataclass
@@ -177,7 +166,7 @@ class Record:
         return hex(self.ret) if self.ret > 0xFFFFFF else str(self.ret)    # an address
 
     def checks(self, trace: "Trace") -> list[str]:
-        return [e.describe(trace) for e in self.events]
+        return [describe(e, trace) for e in self.events]
 
     def as_dict(self, trace: "Trace") -> dict[str, object]:
         """The JSON form: at least syscall, ret, namespace, checks, verdict."""
@@ -531,26 +520,6 @@ class Trace(Primitive):
             _append(f"{self.root}/kprobe_events",
                     f"-:{self.kprobe_group}/cap_capable\n-:{self.kprobe_group}/cap_capable_ret\n")
             self.kprobe_group = None
-
-
-def _parse(lines) -> list[Event]:
-    """Events from tracefs's text format ('comm-PID [CPU] flags TS: event: fields')."""
-    events = []
-    for line in lines:
-        m = _LINE.match(line)
-        if m is None:
-            continue                            # comment header lines start with '#'
-        name, body = m.group("event"), m.group("body")
-        if name == "sys_enter":                 # "NR 1 (a0, a1, ...)"
-            nr, _, args = body.partition(" (")
-            fields = {"NR": nr.split()[1], "args": args.rstrip(")")}
-        elif name == "sys_exit":                # "NR 1 = -2"
-            parts = body.split()
-            fields = {"NR": parts[1], "ret": parts[3]}
-        else:
-            fields = dict(_FIELD.findall(body))
-        events.append(Event(float(m.group("ts")), int(m.group("pid")), name, fields))
-    return events
 
 
 def _attached_dirs(events: list[Event]) -> dict[str, tuple[str, str]]:

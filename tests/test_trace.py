@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import labkit_cli
-from labkit import caps, ipc, pid, trace, uts
+from labkit import caps, ipc, pid, trace, tracebuf, uts
 from labkit.cgroups import Cgroup
 from labkit.errors import CommandNotFoundError
 from labkit.spawn import spawn
@@ -47,7 +47,7 @@ def test_parse_reads_tracefs_text_lines():
         "target_ns 00000000ab, capable_ns 00000000ab, cap 21, ret -1\n",
         "        hostname-4242    [001] .....   100.000102: sys_exit: NR 170 = -1\n",
     ]
-    events = trace._parse(lines)
+    events = tracebuf.parse(lines)
     assert [e.name for e in events] == ["sys_enter", "cap_capable", "sys_exit"]
     assert events[0].fields["NR"] == "170" and events[2].fields["ret"] == "-1"
     assert events[1].fields["cap"] == "21" and events[1].fields["target_ns"] == "00000000ab"
