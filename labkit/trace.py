@@ -148,7 +148,9 @@ class Record:
     ns_owner: str = ""                      # "container" (its own) or "host" (shared)
     cgroup: dict[str, object] | None = None  # controller, limit, usage
     verdict: str = ""
-    deciding: str = "execute"               # one of STEPS
+    deciding: str = "execute"               # the check that decided: a kind of checks.KINDS
+    evidence: str = "observed"              # "observed" (an event shows it), "inferred" or "unknown"
+    basis: str = ""                         # what the evidence is, or what the inference rests on
     phase: str = "labkit"                   # "labkit" setup, or "command" from its execve on
 
     @property
