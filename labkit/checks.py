@@ -177,9 +177,11 @@ ORDER: dict[str, tuple[Check, ...]] = {
               ("EBADF", "ENOTSOCK", "EINVAL")),
         Check("cgroup", "a BPF program attached to the caller's cgroup v2 (CGROUP_INET4_BIND), if any",
               "net/ipv4/af_inet.c: inet_bind_sk() -> BPF_CGROUP_RUN_PROG_INET_BIND_LOCK()", ("EPERM",)),
+        Check("execute", "the address family is AF_INET", "net/ipv4/af_inet.c: __inet_bind(): sin_family",
+              ("EAFNOSUPPORT",)),
         Check("namespace", "the address is one of the network namespace's own",
               "net/ipv4/af_inet.c: __inet_bind() -> inet_addr_valid_or_nonlocal()",
-              ("EAFNOSUPPORT", "EADDRNOTAVAIL")),
+              ("EADDRNOTAVAIL",)),
         Check("capability", "CAP_NET_BIND_SERVICE over the network namespace's owner, for a port "
               "below net.ipv4.ip_unprivileged_port_start", "net/ipv4/af_inet.c: __inet_bind() -> "
               "inet_port_requires_bind_service(), ns_capable(net->user_ns, CAP_NET_BIND_SERVICE)",
@@ -247,6 +249,19 @@ def order(syscall: str) -> tuple[Check, ...]:
     f = family(syscall)
     return ORDER[f] if f else (SECCOMP, EXECUTE)
 
+
+
+def deciding_index(syscall: str, kind: str, errno: str | None) -> int | None:
+    """Where in ``order(syscall)`` a call decided by a check of ``kind`` stopped:
+    the first check of that kind that answers ``errno``, else the last of that
+    kind (for "execute": the call's own work); for a call that succeeded (``errno`` None, kind "execute"), the last
+    check. None when the order has no check of that kind."""
+    checks = order(syscall)
+    if errno is None and kind == "execute":
+        return len(checks) - 1
+    of_kind = [i for i, c in enumerate(checks) if c.kind == kind]
+    answering = [i for i in of_kind if errno in checks[i].denies_with]
+    return answering[0] if answering else (of_kind[-1] if of_kind else None)
 
 # --- checks that deny nothing ----------------------------------------------------------
 

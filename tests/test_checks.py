@@ -260,3 +260,28 @@ def test_inside_an_overlay_root_too(no_leaks):
     if tr.capability_source is None:
         pytest.skip("this kernel shows no capability checks (no tracepoint, no kprobes)")
     assert not found, found
+
+
+def test_the_views_draw_the_familys_order_with_the_deciding_check_highlighted(no_leaks):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.patches import Rectangle
+    from labkit.viz import trace_mermaid, trace_steps
+
+    tr = trace.Trace()
+    with spawn(["hostname", "traced"], [pid.PidNamespace(), uts.UtsNamespace(), caps.Capabilities(), tr]) as p:
+        tr.observe(p.pid)
+        p.wait(60)
+    [rec] = [r for r in tr.command_records() if r.syscall == "sethostname"]
+    order = checks.order("sethostname")
+    ax = trace_steps.draw(tr, rec).axes[0]
+    drawn = [a for a in ax.patches if isinstance(a, Rectangle)]
+    assert len(drawn) == len(order)
+    titles = [t.get_text() for t in ax.texts if t.get_text()[:1].isdigit()]
+    assert titles == [f"{i + 1} {c.kind}" for i, c in enumerate(order)]
+    decided = checks.deciding_index("sethostname", rec.deciding, rec.errno)
+    assert order[decided].kind == rec.deciding == "capability"
+    assert drawn[decided].get_linewidth() == 2 and drawn[decided].get_hatch() in (None, "")
+    diagram = trace_mermaid.sequence(tr, [rec])
+    assert diagram.index("K->>SC:") < diagram.index("K->>CAP:") < diagram.index("K--xApp: -1 EPERM")
+    assert "EX:" not in diagram.split("participant EX")[1]      # nothing after the refusal
