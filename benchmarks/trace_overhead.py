@@ -20,6 +20,9 @@ realistic one: untarring /usr/share/doc into a tmpfs. Lost events are the
 per-CPU ``overrun`` and ``dropped events`` of each instance (must be 0).
 
     .venv/bin/python benchmarks/trace_overhead.py [BLOCKS] [ROUNDS]
+
+With TRACE_BASELINE=/path/to/another/checkout, the CLI's `labkit trace` also
+runs from that checkout (before/after a change, in the same run).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ DD = ["dd", "if=/dev/zero", "of=/dev/null", "bs=1", f"count={BLOCKS}", "status=n
 # plus the 4-byte event header): 128 a syscall leaves room for page headers.
 BUFFER_KB = max(16384, BLOCKS * 2 * 128 // 1024)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINE = os.environ.get("TRACE_BASELINE")
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "sys_enter+exit": ("raw_syscalls/sys_enter", "raw_syscalls/sys_exit"),
@@ -132,12 +136,12 @@ def container(argv: list[str], extra: Primitive | None = None) -> Sample:
     return elapsed, getattr(extra, "lost", 0), getattr(extra, "setup", 0.0)
 
 
-def cli(verb: str, argv: list[str]) -> Sample:
-    """Wall time of `python -m labkit VERB -- argv`, output to /dev/null."""
+def cli(verb: str, argv: list[str], repo: str = REPO) -> Sample:
+    """Wall time of `python -m labkit VERB -- argv` from ``repo``, output to /dev/null."""
     extra = ["--buffer-kb", str(BUFFER_KB)] if verb == "trace" else []
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = {**os.environ, "PYTHONPATH": repo}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "labkit", verb, *extra, "--", *argv], env=env,
+    subprocess.run([sys.executable, "-m", "labkit", verb, *extra, "--", *argv], env=env, cwd=repo,
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start, 0, 0.0
 
@@ -156,6 +160,8 @@ def workload_variants(argv: list[str], full: bool) -> dict[str, Callable[[], Sam
     if full:
         ways["CLI labkit run"] = lambda: cli("run", argv)
         ways["CLI labkit trace"] = lambda: cli("trace", argv)
+        if BASELINE:
+            ways["CLI trace, baseline"] = lambda: cli("trace", argv, BASELINE)
     return ways
 
 
@@ -192,7 +198,12 @@ def report(title: str, samples: dict[str, list[Sample]]) -> None:
 def main() -> None:
     print(f"host: {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"qemu running: {bool(subprocess.run(['pgrep', '-f', 'qemu-system'], capture_output=True).stdout)}")
-    print(f"buffer {BUFFER_KB} KB a CPU for every instance; {ROUNDS} rounds after a warm-up, medians\n")
+    print(f"buffer {BUFFER_KB} KB a CPU for every instance; {ROUNDS} rounds after a warm-up, medians")
+    if BASELINE:
+        head = subprocess.run(["git", "-C", BASELINE, "log", "-1", "--format=%h %s"],
+                              capture_output=True, text=True).stdout.strip()
+        print(f"baseline: {BASELINE} at {head[:70]}")
+    print()
     samples = measure(workload_variants(DD, full=True), lambda: None)
     report(f"dd of {BLOCKS} one-byte blocks = {2 * BLOCKS} read/write syscalls", samples)
 
