@@ -63,10 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the command to run and its arguments")
 
     trace_cmd = sub.add_parser("trace", help="run a command and print what the kernel checked",
-                               usage="labkit trace [OPTIONS] [--json] [--all] [--] CMD [ARG...]")
+                               usage="labkit trace [OPTIONS] [--json] [--all] [--quiet-checks] [--] CMD [ARG...]")
     add_run_options(trace_cmd)
     trace_cmd.add_argument("--json", action="store_true",
-                           help="one JSON object a syscall (syscall, ret, namespace, checks, verdict)")
+                           help="one JSON object a syscall (syscall, ret, checks, verdict, "
+                                "deciding_step, evidence: observed|inferred|unknown, basis)")
+    trace_cmd.add_argument("--quiet-checks", action="store_true",
+                           help="list the capability checks that deny nothing (overcommit's reserve, "
+                                "overlayfs's mounter), with why; by default they are counted")
     trace_cmd.add_argument("--all", action="store_true",
                            help="also show labkit's own setup syscalls before the command's execve")
     trace_cmd.add_argument("--buffer-kb", type=int, default=16384, metavar="KB",
@@ -317,14 +321,17 @@ def report_oom(prims: list[Primitive]) -> None:
 def cmd_trace(args: argparse.Namespace) -> int:
     """`labkit trace`: run like `run`, then print the timeline on stderr (as strace does)."""
     from . import trace
+    from .seccomp import Seccomp
 
     if os.geteuid() != 0:
         raise NotRootError()
     if args.buffer_kb < 1:
         raise UsageError(f"--buffer-kb {args.buffer_kb} is not a size", "give kilobytes per CPU, e.g. 16384")
     argv = command_of(args)
-    tracer = trace.Trace(buffer_kb=args.buffer_kb)
-    prims = primitives_for(args) + [tracer]     # last: joins after, releases before the others
+    prims = primitives_for(args)
+    tracer = trace.Trace(buffer_kb=args.buffer_kb,       # the filter: to name the rule of a denial
+                         seccomp_filter=next((p for p in prims if isinstance(p, Seccomp)), None))
+    prims.append(tracer)                        # last: joins after, releases before the others
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     with spawn(argv, prims, capture=False) as proc:
@@ -338,7 +345,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
             print(json.dumps(r.as_dict(tracer)), file=sys.stderr)
         print(json.dumps({"summary": trace.summary_line(tracer), "lost": tracer.lost}), file=sys.stderr)
     else:
-        print(trace.format_timeline(tracer, records), file=sys.stderr)
+        print(trace.format_timeline(tracer, records, quiet=args.quiet_checks), file=sys.stderr)
     return exit_status(returncode or 0)
 
 

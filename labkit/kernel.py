@@ -349,6 +349,7 @@ def link_up(ifname: str) -> None:
 # seccomp(2) through prctl(2), from <linux/prctl.h> and <linux/seccomp.h>.
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
+SECCOMP_SET_MODE_FILTER = 1     # seccomp(2)'s operation for the same
 
 
 class SockFilter(ctypes.Structure):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from . import kernel
 from .errors import LabkitError
@@ -52,6 +52,29 @@ DENIED: tuple[str, ...] = (
 NAMESPACE_FLAGS: tuple[int, ...] = tuple(kernel.NAMESPACES.values())
 
 
+class Rule(NamedTuple):
+    """One rule of the filter: ``syscall`` fails with ``errno`` (SECCOMP_RET_ERRNO),
+    for every call, or only when arg 0 masked with ``flag`` equals ``flag``."""
+
+    syscall: str
+    errno: int
+    flag: int | None = None
+
+    def __str__(self) -> str:
+        kind = {flag: ns for ns, flag in kernel.NAMESPACES.items()}.get(self.flag)
+        when = "" if self.flag is None else f" asking for a new {kind} namespace"
+        return f"{self.syscall}{when} -> SCMP_ACT_ERRNO({errno.errorcode[self.errno]})"
+
+
+def rules(denied: Iterable[str] = DENIED) -> list[Rule]:
+    """The filter's rules: each call of ``denied`` fails with EPERM; ``clone``
+    with EPERM when its flags (arg 0 on x86_64 and aarch64) ask for any new
+    namespace; ``clone3`` with ENOSYS."""
+    return ([Rule(name, errno.EPERM) for name in denied]
+            + [Rule("clone", errno.EPERM, flag) for flag in NAMESPACE_FLAGS]
+            + [Rule("clone3", errno.ENOSYS)])
+
+
 def build_filter(denied: Iterable[str] = DENIED) -> bytes:
     """Compile the filter with libseccomp and return its BPF program (8 bytes
     an instruction), for the native architecture only: a call made with another
@@ -59,12 +82,12 @@ def build_filter(denied: Iterable[str] = DENIED) -> bytes:
     import pyseccomp   # lazily: only the parent that builds a filter needs libseccomp
 
     f = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
-    for name in denied:
-        f.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
-    for flag in NAMESPACE_FLAGS:
-        # arg 0 of clone is its flags on x86_64 and aarch64: deny when (flags & flag) == flag.
-        f.add_rule(pyseccomp.ERRNO(errno.EPERM), "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag))
-    f.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
+    for rule in rules(denied):
+        if rule.flag is None:
+            f.add_rule(pyseccomp.ERRNO(rule.errno), rule.syscall)
+        else:
+            f.add_rule(pyseccomp.ERRNO(rule.errno), rule.syscall,
+                       pyseccomp.Arg(0, pyseccomp.MASKED_EQ, rule.flag, rule.flag))
     fd = os.memfd_create("labkit-seccomp", os.MFD_CLOEXEC)
     try:
         f.export_bpf(os.fdopen(os.dup(fd), "wb"))

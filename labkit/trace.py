@@ -24,6 +24,16 @@ a kprobe and a kretprobe on the kernel function ``cap_capable`` stand in,
 through ``kprobe_events`` (Documentation/trace/kprobetrace.rst); where neither
 exists, ``Trace.capability_source`` is None and the views say so.
 
+Evidence, not guesses: each ``Record`` says which check decided the call
+(``deciding``, a kind of checks.KINDS) and how that is known (``evidence``):
+OBSERVED when an event of the call shows it (a capability check refused right
+before EPERM, oom:mark_victim, a sys_exit without sys_enter from the seccomp
+filter labkit loaded, the pids cgroup's refusal counter having moved),
+INFERRED when it is labkit's reading of the errno, UNKNOWN otherwise; ``basis``
+names what it rests on. Capability checks that decide nothing (overcommit's
+root reserve, overlayfs acting as its mounter) are kept apart and explained
+(checks.NON_DECIDING); the order of the checks per syscall is checks.ORDER.
+
 Use ``Trace`` as the last primitive of a launch, so that its ``join()`` runs
 after the others' (the container is in its cgroup), and its ``release()``,
 which reads the buffer, runs before theirs (the cgroup still exists).
@@ -37,11 +47,15 @@ import os
 import re
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import kernel, mountinfo, tracebuf
 from .errors import LabkitError, NotRootError
 from .spawn import Primitive
 from .syscalls import syscall_name
+if TYPE_CHECKING:
+    from . import checks
+    from .seccomp import Seccomp
 from .tracebuf import Event
 
 
@@ -104,31 +118,47 @@ NAMESPACE_OF: dict[str, str] = {
                      "unshare"), "user"),
 }
 
-# The cgroup controller whose limit a syscall can run into (cgroups(7)), and
-# the errno the controller answers with when the limit is reached.
+# The cgroup controller whose limit a syscall can run into (cgroups(7)). Only
+# the pids controller refuses a syscall: cgroup_can_fork -> pids_can_fork
+# answers EAGAIN and counts "max" in pids.events (kernel/cgroup/pids.c). The
+# memory controller refuses nothing at mmap or brk: memory is charged when a
+# page is first touched (the page fault, mm/memcontrol.c), and over the limit
+# the OOM killer ends the process (oom:mark_victim) instead of failing a call.
 CONTROLLER_OF: dict[str, str] = {
     **dict.fromkeys(("clone", "clone3", "fork", "vfork"), "pids"),
     **dict.fromkeys(("mmap", "brk", "mremap"), "memory"),
 }
-CGROUP_ERRNO = {"pids": "EAGAIN", "memory": "ENOMEM"}
+REFUSED_BY = {"pids": ("EAGAIN", "pids_max")}   # controller -> (errno, its cgroups.EVENTS counter)
 
-# Each controller's limit, usage and event files: (v1 limit, v1 usage, v2 limit, v2 usage).
+# Each controller's limit and usage files: (v1 limit, v1 usage, v2 limit, v2 usage).
 CGROUP_FILES: dict[str, tuple[str, str, str, str]] = {
     "pids": ("pids.max", "pids.current", "pids.max", "pids.current"),
     "memory": ("memory.limit_in_bytes", "memory.max_usage_in_bytes", "memory.max", "memory.peak"),
 }
 NO_LIMIT_V1 = 0x7FFFFFFFFFFFF000            # memory.limit_in_bytes when unlimited (PAGE_COUNTER_MAX)
 
-# labkit's reading of a failure (a table, not a kernel event): an errno that,
-# from a syscall consulting a namespace, means the lookup there found nothing.
-NAMESPACE_ERRNOS = {"ENOENT", "EADDRINUSE", "EADDRNOTAVAIL", "ESRCH", "ENETUNREACH"}
-
 # A fork's child starts inside the kernel and leaves it through sys_exit (ret 0)
-# without a sys_enter of its own: its record's args say so.
-CHILD_RETURN = "(no sys_enter: a new child returning from fork, or a lost event)"
+# without a sys_enter of its own: its record's args say so. A call the seccomp
+# filter refused leaves the same trace, with ret -errno: the filter runs in
+# syscall_trace_enter() before the sys_enter tracepoint, while sys_exit still
+# fires on the way out (kernel/entry/common.c, syscall_exit_work).
+CHILD_RETURN = "(no sys_enter: a new child returning from fork, a call seccomp refused, or a lost event)"
 
-# The seed's five steps, in the order the kernel takes them.
-STEPS = ("syscall", "namespace", "cgroup", "capability", "execute")
+# Errnos the kernel uses inside and never returns to user space; sys_exit shows
+# them when a signal interrupted the call, which the kernel then restarts or
+# turns into EINTR (include/linux/errno.h; kernel/signal.c, arch/x86/kernel/signal.c).
+KERNEL_ERRNOS = {512: "ERESTARTSYS", 513: "ERESTARTNOINTR", 514: "ERESTARTNOHAND",
+                 515: "ENOIOCTLCMD", 516: "ERESTART_RESTARTBLOCK"}
+
+# How sure a record's deciding step is.
+OBSERVED = "observed"       # a kernel event in this call shows the check that decided
+INFERRED = "inferred"       # labkit's reading of the errno; no event shows it
+UNKNOWN = "unknown"         # neither
+
+# A capability that overrides a file's mode bits: when it is refused right
+# before EACCES, the mode bits refused and nothing overrode them
+# (fs/namei.c, generic_permission -> capable_wrt_inode_uidgid).
+DAC_OVERRIDES = ("CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER")
 
 _counter = itertools.count()
 _host_user_ns: dict[int, str | None] = {}   # our user namespace's inode -> its cap_capable pointer
@@ -175,7 +205,7 @@ class Record:
         """The errno name of a failed call (ret is -errno), else None."""
         if self.ret is None or self.ret >= 0 or self.ret < -4095:
             return None
-        return errno_names.errorcode.get(-self.ret, str(-self.ret))
+        return errno_names.errorcode.get(-self.ret) or KERNEL_ERRNOS.get(-self.ret, str(-self.ret))
 
     def result(self) -> str:
         if self.ret is None:
@@ -184,11 +214,38 @@ class Record:
             return f"-1 {self.errno}"
         return hex(self.ret) if self.ret > 0xFFFFFF else str(self.ret)    # an address
 
+    def deciding_event(self) -> Event | None:
+        """The event an OBSERVED capability or permission step rests on: the last check."""
+        if self.evidence != OBSERVED or self.deciding not in ("capability", "permission"):
+            return None
+        caps = [e for e in self.events if e.name == "cap_capable"]
+        return caps[-1] if caps else None
+
+    def loads_seccomp(self) -> bool:
+        """Did this call install a seccomp filter? prctl(PR_SET_SECCOMP,
+        SECCOMP_MODE_FILTER, ...) or seccomp(SECCOMP_SET_MODE_FILTER, ...)
+        returning 0 (seccomp(2)); sys_enter prints the arguments in hex."""
+        first = [int(a, 16) for a in self.args[:2] if re.fullmatch(r"[0-9a-f]+", a)]
+        return self.ret == 0 and (
+            (self.syscall == "prctl" and first == [kernel.PR_SET_SECCOMP, kernel.SECCOMP_MODE_FILTER])
+            or (self.syscall == "seccomp" and first[:1] == [kernel.SECCOMP_SET_MODE_FILTER]))
+
     def checks(self, trace: "Trace") -> list[str]:
-        return [describe(e, trace) for e in self.events]
+        """The events of this call, in words, but the checks that deny nothing."""
+        return [describe(e, trace) for e in self.events if _quiet(self, e) is None]
+
+    def quiet_checks(self, trace: "Trace") -> list[dict[str, str]]:
+        """Capability checks of this call that decide nothing, each with why it happens."""
+        found = []
+        for e in self.events:
+            why = _quiet(self, e)
+            if why is not None:
+                found.append({"check": describe(e, trace), "why": why.why, "source": why.source})
+        return found
 
     def as_dict(self, trace: "Trace") -> dict[str, object]:
-        """The JSON form: at least syscall, ret, namespace, checks, verdict."""
+        """The JSON form: what the events show (checks, verdict) and how the deciding
+        step is known (evidence: observed, inferred or unknown, and its basis)."""
         return {
             "t": round(self.start - trace.t0, 6), "pid": self.pid, "phase": self.phase,
             "syscall": self.syscall, "ret": self.ret, "errno": self.errno,
@@ -196,8 +253,34 @@ class Record:
                 "type": self.namespace, "inode": self.ns_inode, "owner": self.ns_owner,
                 "source": "namespaces(7) table"},
             "cgroup": self.cgroup, "checks": self.checks(trace),
+            "quiet_checks": self.quiet_checks(trace),
             "verdict": self.verdict, "deciding_step": self.deciding,
+            "evidence": self.evidence, "basis": self.basis,
+            "candidates": self.candidates(),
         }
+
+    def candidates(self) -> list[dict[str, str]]:
+        """For a failure no event explains: the checks of this call's family that
+        answer its errno, in the kernel's order (checks.ORDER): what could have
+        decided, a reading of the source, not an observation."""
+        from . import checks
+
+        if self.errno is None or self.evidence == OBSERVED:
+            return []
+        return [{"kind": c.kind, "what": c.what, "source": c.source}
+                for c in checks.order(self.syscall) if self.errno in c.denies_with]
+
+
+def _quiet(rec: Record, e: Event) -> "checks.Quiet | None":
+    """checks.Quiet when ``e`` is a capability check that decides nothing in ``rec``."""
+    from . import checks
+
+    if e.name != "cap_capable" or e is rec.deciding_event():
+        return None
+    cap = int(e.fields.get("cap", -1))
+    if not 0 <= cap < len(CAPABILITIES):
+        return None
+    return checks.quiet(rec.syscall, CAPABILITIES[cap], granted=not int(e.fields.get("ret", 0)))
 
 
 _private_root: str | None = None
@@ -281,8 +364,10 @@ class Trace(Primitive):
     name = "trace"
     flags = 0
 
-    def __init__(self, buffer_kb: int = 16384) -> None:
+    def __init__(self, buffer_kb: int = 16384, seccomp_filter: "Seccomp | None" = None) -> None:
         self.buffer_kb = buffer_kb
+        self.filter = seccomp_filter                   # the launch's filter, to name a denial's rule
+        self.cgroup_counts: dict[str, int] = {}        # cgroups.EVENTS counter -> value at the end
         self.root = ""                                  # tracefs, as tracefs() found it
         self.dir: str | None = None
         self.kprobe_group: str | None = None
@@ -373,6 +458,7 @@ class Trace(Primitive):
             self.cgroup_limits = {c: {"limit": self._cgroup_value(c, 0)} for c in CGROUP_FILES}
         for c in self.cgroup_limits:
             self.cgroup_limits[c]["usage"] = self._cgroup_value(c, 1)
+        self.cgroup_counts = self._cgroup_counts()
         with tracebuf.no_gc():                  # 100k syscalls make 600k objects: see no_gc
             self.records = self._records(events)
         return self.records
@@ -416,6 +502,7 @@ class Trace(Primitive):
         for rec in records:
             if rec.pid in since and rec.start >= since[rec.pid]:
                 rec.phase = "command"
+        self.records = records
         for rec in records:
             self._annotate(rec)
         return records
@@ -431,32 +518,66 @@ class Trace(Primitive):
             controller = "memory"
         if controller and controller in self.cgroup_dirs:
             rec.cgroup = {"controller": controller, **self.cgroup_limits.get(controller, {})}
-        rec.verdict, rec.deciding = self._verdict(rec)
+        rec.verdict, rec.deciding, rec.evidence, rec.basis = self._verdict(rec)
 
-    def _verdict(self, rec: Record) -> tuple[str, str]:
-        """(verdict, deciding step): from the result and the events inside the call."""
+    def _verdict(self, rec: Record) -> tuple[str, str, str, str]:
+        """(verdict, deciding step, evidence, basis) of one record.
+
+        A step is OBSERVED only when an event of this call shows it: an OOM
+        victim (oom:mark_victim), a capability check refused right before an
+        EPERM or EACCES exit, a sys_exit with no sys_enter from the seccomp
+        filter labkit loaded, or the cgroup's own counter of refusals having
+        moved (pids.events "max"). Anything else is labkit's INFERRED reading
+        of the errno, with the basis named, or UNKNOWN.
+        """
         names = {e.name for e in rec.events}
         if "mark_victim" in names:                  # the memory cgroup's OOM killer chose it
-            return "killed by the OOM killer", "cgroup"
+            return "killed by the OOM killer", "cgroup", OBSERVED, "oom:mark_victim"
         if rec.syscall.startswith("["):
-            step = "cgroup" if "mark_victim" in names else "execute"
-            return "kernel event", step
+            return "kernel event", "execute", OBSERVED, f"{rec.syscall[1:-1]} outside any syscall"
         if rec.ret is None:
             if "sched_process_exit" in names:
-                return "exited", "execute"
-            return ("killed", "cgroup" if "mark_victim" in names else "execute")
+                return "exited", "execute", OBSERVED, "sched:sched_process_exit, no sys_exit"
+            return "killed", "execute", UNKNOWN, "no sys_exit: the process ended inside the call"
         err = rec.errno
         if err is None:
-            return "allowed", "execute"
-        refused = [e for e in rec.events if e.name == "cap_capable" and int(e.fields.get("ret", 0))]
-        if refused and err in ("EPERM", "EACCES"):
-            return f"denied {err}", "capability"
-        if rec.cgroup and CGROUP_ERRNO.get(str(rec.cgroup["controller"])) == err \
-                and rec.cgroup.get("limit") is not None:
-            return f"denied {err}", "cgroup"
-        if rec.namespace and err in NAMESPACE_ERRNOS:
-            return f"failed {err}", "namespace"
-        return f"failed {err}", "execute"
+            return "allowed", "execute", OBSERVED, f"sys_exit returned {rec.result()}"
+        if rec.args == [CHILD_RETURN]:
+            rule = self._seccomp_rule(rec)
+            if rule:
+                return f"denied {err}", "seccomp", OBSERVED, rule
+        caps = [e for e in rec.events if e.name == "cap_capable"]
+        if caps and int(caps[-1].fields.get("ret", 0)) and err in ("EPERM", "EACCES"):
+            capname = describe(caps[-1], self).split()[0]
+            step = "permission" if err == "EACCES" and capname in DAC_OVERRIDES else "capability"
+            return f"denied {err}", step, OBSERVED, f"cap_capable {capname} refused right before the {err} exit"
+        controller = rec.cgroup["controller"] if rec.cgroup else None
+        if controller in REFUSED_BY and REFUSED_BY[str(controller)][0] == err:
+            counter = REFUSED_BY[str(controller)][1]
+            moved = self.cgroup_counts.get(counter, 0)
+            if moved:
+                return (f"denied {err}", "cgroup", OBSERVED,
+                        f"the {controller} cgroup counted {moved} refusal(s) during the trace ({counter})")
+            return f"failed {err}", "execute", UNKNOWN, f"errno {err}; the {controller} cgroup counted no refusal"
+        if err in ("EPERM", "EACCES") and self.capability_source is None:
+            return f"denied {err}", "capability", INFERRED, f"errno {err}; capability checks not traceable here"
+        if err in ("EPERM", "EACCES"):
+            return f"denied {err}", "execute", UNKNOWN, f"errno {err}; no refused check in the events"
+        return f"failed {err}", "execute", INFERRED, f"errno {err}; no event: the call itself failed"
+
+    def _seccomp_rule(self, rec: Record) -> str:
+        """The rule of the filter labkit loaded that answers this call with its
+        errno, when the trace saw the filter loaded; else ''."""
+        if self.filter is None or not any(r.loads_seccomp() for r in self.records):
+            return ""
+        from . import seccomp
+
+        matching = [r for r in seccomp.rules(self.filter.denied)
+                    if r.syscall == rec.syscall and -r.errno == rec.ret]
+        if len(matching) > 1:
+            return (f"seccomp: {rec.syscall} asking for a new namespace -> SCMP_ACT_ERRNO({rec.errno}) "
+                    "(which flag: sys_exit does not say)")
+        return f"seccomp: {matching[0]}" if matching else ""
 
     def user_ns_of(self, fields: dict[str, str]) -> str:
         """Name the user namespace a cap_capable event checked against (target_ns:
@@ -526,6 +647,20 @@ class Trace(Primitive):
             return None
         return int(text) if text.isdigit() else None
 
+    def _cgroup_counts(self) -> dict[str, int]:
+        """The refusal counters (cgroups.EVENTS) of the container's groups. labkit
+        made these groups for this container, so they started at 0."""
+        from .cgroups import EVENTS
+
+        counts = {}
+        for counter in EVENTS:
+            if counter.controller in self.cgroup_dirs:
+                version, directory = self.cgroup_dirs[counter.controller]
+                value = counter.value(version, lambda file: _read(os.path.join(directory, file)))
+                if value is not None:
+                    counts[counter.name] = value
+        return counts
+
     def _remove(self) -> None:
         if self.dir is not None:
             try:
@@ -578,24 +713,47 @@ def _controller_dirs(lines: list[str]) -> dict[str, tuple[str, str]]:
     return found
 
 
-def format_timeline(trace: Trace, records: list[Record] | None = None) -> str:
-    """One line per syscall: time, pid, call, result, verdict, and what the kernel checked."""
+MARKS = {OBSERVED: "<-", INFERRED: "<~", UNKNOWN: "<?"}
+LEGEND = ("<- decided there, an event shows it;  <~ labkit's inference from the errno, "
+          "no event shows it;  <? unknown")
+
+
+def format_timeline(trace: Trace, records: list[Record] | None = None, quiet: bool = False) -> str:
+    """One line per syscall: time, pid, call, result, verdict, how the deciding
+    step is known (MARKS), and what the kernel checked. The checks that deny
+    nothing are counted, or listed with why when ``quiet`` is true."""
     rows = trace.command_records() if records is None else records
-    lines = [f"{'time':>9}  {'pid':>7}  {'syscall':<18} {'result':<14} {'verdict':<16} what the kernel checked"]
+    lines = [f"{'time':>9}  {'pid':>7}  {'syscall':<18} {'result':<14} {'verdict':<28} what the kernel checked"]
     for r in rows:
         checked = []
         if r.namespace:
             checked.append(f"{r.namespace} ns ({r.ns_owner}'s)")
         if r.cgroup:
             checked.append(f"{r.cgroup['controller']} cgroup limit {r.cgroup.get('limit') or 'none'}")
-        checks = r.checks(trace)
-        checked += [c if checks.count(c) == 1 else f"{c} (x{checks.count(c)})"
-                    for c in dict.fromkeys(checks)]
-        mark = "" if r.deciding == "execute" else f" <- {r.deciding}"
+        checked += _counted(r.checks(trace))
+        if r.evidence == OBSERVED and r.deciding in ("seccomp", "cgroup"):
+            checked.append(r.basis)
+        others = r.quiet_checks(trace)
+        if others and quiet:
+            checked += [f"[denies nothing: {c}: {o['why']}]" for c, o in
+                        zip(_counted([o["check"] for o in others]), _unique(others))]
+        elif others:
+            checked.append(f"(+{len(others)} that deny nothing; --quiet-checks shows them)")
+        mark = f" {MARKS[r.evidence]} {r.deciding}" if r.errno or r.deciding != "execute" else ""
         lines.append(f"{(r.start - trace.t0) * 1000:8.3f}ms  {r.pid:>7}  {r.syscall:<18} "
-                     f"{r.result():<14} {r.verdict + mark:<16} {'; '.join(checked)}")
+                     f"{r.result():<14} {r.verdict + mark:<28} {'; '.join(checked)}")
+    lines.append(LEGEND)
     lines.append(summary_line(trace))
     return "\n".join(lines)
+
+
+def _counted(items: list[str]) -> list[str]:
+    """Each distinct item once, with (xN) when it came N times."""
+    return [c if items.count(c) == 1 else f"{c} (x{items.count(c)})" for c in dict.fromkeys(items)]
+
+
+def _unique(quiet: list[dict[str, str]]) -> list[dict[str, str]]:
+    return list({q["check"]: q for q in quiet}.values())
 
 
 def summary_line(trace: Trace) -> str:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import labkit_cli
-from labkit import caps, ipc, pid, trace, tracebuf, uts
+from labkit import caps, ipc, pid, trace, tracebuf, user, uts
 from labkit.cgroups import Cgroup
 from labkit.errors import CommandNotFoundError
 from labkit.spawn import spawn
@@ -78,13 +78,57 @@ def test_sethostname_without_cap_sys_admin_is_denied_at_the_capability_step(no_l
     [rec] = calls(tr, "sethostname")
     assert rec.errno == "EPERM" and rec.deciding == "capability"
     assert "CAP_SYS_ADMIN checked in the host's user namespace: refused" in rec.checks(tr)
+    if tr.capability_source:                         # the refused check is the event behind it
+        assert rec.evidence == trace.OBSERVED and "CAP_SYS_ADMIN refused" in rec.basis
 
 
-def test_opening_a_missing_path_fails_at_the_namespace_step(no_leaks):
+def test_sethostname_in_a_user_namespace_is_refused_in_the_containers_user_namespace(no_leaks):
+    """Root of a new user namespace without CAP_SYS_ADMIN there: sethostname asks
+    ns_capable(uts_ns->user_ns, CAP_SYS_ADMIN), and the UTS namespace made with it
+    belongs to the container's user namespace (kernel/sys.c, user_namespaces(7))."""
+    tr, code = traced(["hostname", "traced"], pid.PidNamespace(), user.UserNamespace(),
+                      uts.UtsNamespace(), caps.Capabilities())
+    assert code != 0
+    [rec] = calls(tr, "sethostname")
+    assert (rec.errno, rec.deciding, rec.evidence) == ("EPERM", "capability", trace.OBSERVED)
+    assert rec.checks(tr)[-1] == "CAP_SYS_ADMIN checked in the container's user namespace: refused"
+
+
+def test_opening_a_missing_path_is_an_inferred_failure_of_the_call_not_a_namespace(no_leaks):
+    """No event shows a check refusing: the lookup found nothing. labkit says so,
+    as an inference from the errno, and blames no namespace."""
     tr, code = traced(["cat", "/no/such/labkit/file"], pid.PidNamespace())
     assert code == 1
     rec = [r for r in calls(tr, "openat") if r.errno == "ENOENT"][-1]
-    assert rec.namespace == "mnt" and rec.deciding == "namespace"
+    assert rec.namespace == "mnt"                    # the namespaces(7) table: which ns it names
+    assert (rec.deciding, rec.evidence) == ("execute", trace.INFERRED)
+    assert rec.basis.startswith("errno ENOENT; no event")
+
+
+def test_a_call_the_seccomp_filter_denies_is_a_sys_exit_without_sys_enter_with_its_rule(no_leaks):
+    """keyctl(2) under Docker's list: the filter answers EPERM before the sys_enter
+    tracepoint, so the trace holds only its sys_exit, and names the filter's rule."""
+    from labkit import seccomp
+
+    program = f"import ctypes; ctypes.CDLL(None).syscall({syscall_number('keyctl')}, 0, 0, 0, 0)"
+    filt = seccomp.Seccomp()
+    tr = trace.Trace(seccomp_filter=filt)
+    with spawn([sys.executable, "-c", program],
+               [pid.PidNamespace(), caps.Capabilities(), filt, tr]) as proc:
+        assert proc.wait() == 0
+    [rec] = calls(tr, "keyctl")
+    assert rec.errno == "EPERM" and rec.args == [trace.CHILD_RETURN]
+    assert (rec.deciding, rec.evidence) == ("seccomp", trace.OBSERVED)
+    assert rec.basis == "seccomp: keyctl -> SCMP_ACT_ERRNO(EPERM)"
+    assert any(r.loads_seccomp() for r in tr.records)       # the filter's own prctl, traced
+
+
+def test_an_oom_kill_is_observed_through_mark_victim(no_leaks):
+    group = Cgroup(f"trace-oom-{os.getpid()}", memory="16M")
+    tr, code = traced(["/bin/sh", "-c", "a=x; while true; do a=$a$a; done"], pid.PidNamespace(), group)
+    assert code == -9 or code == 137
+    [killed] = [r for r in tr.records if r.verdict == "killed by the OOM killer"]
+    assert (killed.deciding, killed.evidence, killed.basis) == ("cgroup", trace.OBSERVED, "oom:mark_victim")
 
 
 def test_fork_over_the_pids_limit_is_denied_at_the_cgroup_step(no_leaks):
@@ -95,6 +139,8 @@ def test_fork_over_the_pids_limit_is_denied_at_the_cgroup_step(no_leaks):
               and r.errno == "EAGAIN"]
     assert denied, "no fork failed with EAGAIN under pids.max=3"
     assert denied[0].deciding == "cgroup" and denied[0].cgroup["limit"] == 3
+    assert denied[0].evidence == trace.OBSERVED and "(pids_max)" in denied[0].basis
+    assert tr.cgroup_counts["pids_max"] == len(denied)     # pids.events "max": one per refusal
 
 
 def test_the_trace_starts_before_the_first_execve_even_for_a_command_that_exits_at_once(no_leaks):
@@ -146,7 +192,7 @@ def test_cli_trace_json_has_one_object_a_syscall(no_leaks):
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stderr.splitlines()]
     records, summary = rows[:-1], rows[-1]
-    for key in ("syscall", "ret", "namespace", "checks", "verdict"):
+    for key in ("syscall", "ret", "namespace", "checks", "verdict", "deciding_step", "evidence", "basis"):
         assert all(key in r for r in records)
     [sethostname] = [r for r in records if r["syscall"] == "sethostname"]
     assert sethostname["verdict"] == "allowed" and sethostname["namespace"]["type"] == "uts"
@@ -157,8 +203,19 @@ def test_cli_trace_timeline_is_one_line_a_syscall_with_its_verdict(no_leaks):
     result = labkit_cli("trace", "--ns", "pid", "--", "cat", "/no/such/labkit/file")
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert any("openat" in line and "-1 ENOENT" in line and "<- namespace" in line for line in lines)
-    assert "lost events: 0" in lines[-1]
+    assert any("openat" in line and "-1 ENOENT" in line and "<~ execute" in line for line in lines)
+    assert lines[-2] == trace.LEGEND and "lost events: 0" in lines[-1]
+
+
+def test_cli_trace_json_seccomp_denial_names_the_rule(no_leaks):
+    """`labkit trace --json` of a probe calling keyctl: a seccomp denial, observed, with its rule."""
+    program = f"import ctypes; ctypes.CDLL(None).syscall({syscall_number('keyctl')}, 0, 0, 0, 0)"
+    result = labkit_cli("trace", "--json", "-v", "/usr:/usr:ro", "-v", "/usr/lib:/lib:ro",
+                        "-v", "/usr/lib64:/lib64:ro", "--", "/usr/bin/python3", "-c", program)
+    assert result.returncode == 0, result.stderr
+    [keyctl] = [json.loads(line) for line in result.stderr.splitlines() if '"keyctl"' in line]
+    assert (keyctl["errno"], keyctl["deciding_step"], keyctl["evidence"]) == ("EPERM", "seccomp", "observed")
+    assert "keyctl -> SCMP_ACT_ERRNO(EPERM)" in keyctl["basis"]
 
 
 def test_cli_trace_bad_buffer_size_is_one_line_and_125(no_leaks):

@@ -91,6 +91,17 @@ class Counter(NamedTuple):
     v1: tuple[str, str | None, float]
     v2: tuple[str, str | None, float]
 
+    def value(self, version: str, read: Callable[[str], str]) -> int | None:
+        """This counter in one group: ``read(file)`` returns a file of the group
+        in ``version``; None when the kernel offers no such file or key."""
+        file, key, scale = self.v1 if version == "v1" else self.v2
+        try:
+            text = read(file)
+        except FileNotFoundError:
+            return None                           # not offered by this kernel/version
+        values = {None: int(text.split()[0])} if key is None else v2.parse_flat_keyed(text)
+        return round(values[key] * scale) if key in values else None
+
 
 STATS: tuple[Counter, ...] = (
     Counter("cpu_usage_usec", "cpu", ("cpuacct.usage", None, 1e-3), ("cpu.stat", "usage_usec", 1)),
@@ -340,15 +351,11 @@ class Cgroup(Primitive):
                 version = "v2"                    # cpu.stat usage is a v2 core file
             if version is None:
                 continue
-            file, key, scale = counter.v1 if version == "v1" else counter.v2
-            try:
-                text = (self.v1.read(counter.controller, file) if version == "v1"
-                        else self.v2.read(file))
-            except FileNotFoundError:
-                continue                          # not offered by this kernel/version
-            values = {None: int(text.split()[0])} if key is None else v2.parse_flat_keyed(text)
-            if key in values:
-                result[counter.name] = round(values[key] * scale)
+            read = ((lambda file, c=counter.controller: self.v1.read(c, file)) if version == "v1"
+                    else self.v2.read)
+            value = counter.value(version, read)
+            if value is not None:
+                result[counter.name] = value
         return result
 
     def stats(self) -> dict[str, int]:
