@@ -15,8 +15,9 @@ round), medians side by side:
   against `python -m labkit run` (output to /dev/null).
 
 Workloads: dd copying BLOCKS one-byte blocks from /dev/zero to /dev/null
-(a read(2) and a write(2) a block: 2 x BLOCKS small syscalls), and a
-realistic one: untarring /usr/share/doc into a tmpfs. Lost events are the
+(a read(2) and a write(2) a block: 2 x BLOCKS small syscalls), and two
+realistic ones: untarring /usr/share/doc into a tmpfs, and 300 HTTP requests
+over loopback from a Python client to a Python server in the same container. Lost events are the
 per-CPU ``overrun`` and ``dropped events`` of each instance (must be 0).
 
     .venv/bin/python benchmarks/trace_overhead.py [BLOCKS] [ROUNDS]
@@ -146,6 +147,19 @@ def cli(verb: str, argv: list[str], repo: str = REPO) -> Sample:
     return time.perf_counter() - start, 0, 0.0
 
 
+HTTP = [sys.executable, "-c", """
+import http.client, http.server, threading
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+server.RequestHandlerClass.log_message = lambda *a: None
+threading.Thread(target=server.serve_forever, daemon=True).start()
+for _ in range(300):
+    c = http.client.HTTPConnection("127.0.0.1", server.server_port)
+    c.request("GET", "/")
+    assert c.getresponse().read()
+    c.close()
+"""]
+
+
 def workload_variants(argv: list[str], full: bool) -> dict[str, Callable[[], Sample]]:
     ways: dict[str, Callable[[], Sample]] = {"untraced": lambda: container(argv)}
     if full:
@@ -221,6 +235,9 @@ def main() -> None:
         report(f"untar /usr/share/doc ({size} MB) into a tmpfs", samples)
     finally:
         shutil.rmtree(scratch)
+    print()
+    report("300 HTTP GETs over loopback, Python client and server in the container",
+           measure(workload_variants(HTTP, full=False), lambda: None))
 
 
 if __name__ == "__main__":
