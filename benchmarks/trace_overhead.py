@@ -17,7 +17,12 @@ round), medians side by side:
 Workloads: dd copying BLOCKS one-byte blocks from /dev/zero to /dev/null
 (a read(2) and a write(2) a block: 2 x BLOCKS small syscalls), and two
 realistic ones: untarring /usr/share/doc into a tmpfs, and 300 HTTP requests
-over loopback from a Python client to a Python server in the same container. Lost events are the
+over loopback from a Python client to a Python server in the same container.
+
+Then what the CLI spends after the container exits, stage by stage, on the dd
+workload's buffer: the kernel's text (``trace``) parsed against the binary
+pages (``trace_pipe_raw``) of the same buffer, Trace._records() with and
+without Python's cyclic GC, and format_timeline(). Lost events are the
 per-CPU ``overrun`` and ``dropped events`` of each instance (must be 0).
 
     .venv/bin/python benchmarks/trace_overhead.py [BLOCKS] [ROUNDS]
@@ -37,7 +42,7 @@ import tempfile
 import time
 from typing import Callable
 
-from labkit import pid, trace
+from labkit import pid, trace, tracebuf
 from labkit.spawn import Primitive, spawn
 
 BLOCKS = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
@@ -67,8 +72,10 @@ class RawEvents(Primitive):
     name = "raw-events"
     flags = 0
 
-    def __init__(self, events: tuple[str, ...], buffer_kb: int, quiet_off: bool = False) -> None:
+    def __init__(self, events: tuple[str, ...], buffer_kb: int, quiet_off: bool = False,
+                 keep: bool = False) -> None:
         self.events, self.buffer_kb, self.quiet_off = events, buffer_kb, quiet_off
+        self.keep = keep                        # leave the instance for remove() (to read it)
         self.dir, self.lost, self.setup = "", 0, 0.0
 
     def prepare(self) -> None:
@@ -99,6 +106,11 @@ class RawEvents(Primitive):
         if self.dir:
             trace._write(f"{self.dir}/tracing_on", "0")
             self.lost = lost_events(self.dir)
+            if not self.keep:
+                self.remove()
+
+    def remove(self) -> None:
+        if self.dir:
             os.rmdir(self.dir)
             self.dir = ""
 
@@ -209,6 +221,34 @@ def report(title: str, samples: dict[str, list[Sample]]) -> None:
               f"(target <= 1.25x)")
 
 
+def timed(fn: Callable[[], object], gc: bool = False) -> tuple[float, object]:
+    start = time.perf_counter()
+    if gc:
+        result = fn()
+    else:
+        with tracebuf.no_gc():
+            result = fn()
+    return time.perf_counter() - start, result
+
+
+def stages() -> dict[str, float]:
+    """Seconds of each reading stage for one traced dd run."""
+    raw = RawEvents(trace.EVENTS, BUFFER_KB, keep=True)
+    try:
+        container(DD, raw)
+        found = {"text parse": timed(lambda: tracebuf.read_text(raw.dir), gc=True)[0]}
+        found["binary pages"], events = timed(lambda: tracebuf.read_raw(raw.dir))
+    finally:
+        raw.remove()
+    tr = trace.Trace(buffer_kb=BUFFER_KB)              # for what _records() needs to know
+    container(DD, tr)
+    found["_records, GC on"] = timed(lambda: tr._records(events), gc=True)[0]
+    found["_records, GC off"], tr.records = timed(lambda: tr._records(events))
+    found["format_timeline"] = timed(lambda: trace.format_timeline(tr))[0]
+    found["events"] = len(events)
+    return found
+
+
 def main() -> None:
     print(f"host: {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"qemu running: {bool(subprocess.run(['pgrep', '-f', 'qemu-system'], capture_output=True).stdout)}")
@@ -238,6 +278,13 @@ def main() -> None:
     print()
     report("300 HTTP GETs over loopback, Python client and server in the container",
            measure(workload_variants(HTTP, full=False), lambda: None))
+
+    runs = [stages() for _ in range(ROUNDS)]
+    med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    print(f"\nreading the dd trace ({med.pop('events'):.0f} events), medians of {ROUNDS}:")
+    for key, value in med.items():
+        print(f"  {key:<18} {value * 1000:7.0f} ms")
+    print(f"  binary / text: {med['text parse'] / med['binary pages']:.1f}x faster")
 
 
 if __name__ == "__main__":
