@@ -49,14 +49,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import kernel, mountinfo
+from . import kernel, mountinfo, tracebuf
 from .errors import LabkitError, NotRootError
 from .spawn import Primitive
 from .syscalls import syscall_name
 if TYPE_CHECKING:
     from . import checks
     from .seccomp import Seccomp
-from .tracebuf import Event, parse as _parse
+from .tracebuf import Event
 
 
 # The events a trace records, as tracefs names them: events/<system>/<event>.
@@ -72,6 +72,23 @@ EVENTS = (
 # Events of cgroup:* that say how the kernel locks its statistics, not what it checked.
 QUIET = ("cgroup/cgroup_rstat_locked", "cgroup/cgroup_rstat_unlock",
          "cgroup/cgroup_rstat_lock_contended")
+
+
+def single_events(events_dir: str) -> list[str]:
+    """EVENTS that exist under ``events_dir``, a whole system (cgroup) as its
+    events but QUIET, so that each is switched on once and none off: switching
+    cgroup:* on and QUIET off again made the next set_event_pid write, in the
+    container's start, take ~10 ms instead of ~1 ms (benchmarks/trace_overhead.py,
+    variant "floor, QUIET off"; why, in the kernel, was not established)."""
+    found = []
+    for event in EVENTS:
+        if "/" not in event and os.path.isdir(f"{events_dir}/{event}"):
+            found += sorted(f"{event}/{e}" for e in os.listdir(f"{events_dir}/{event}")
+                            if os.path.isdir(f"{events_dir}/{event}/{e}") and f"{event}/{e}" not in QUIET)
+        elif os.path.exists(f"{events_dir}/{event}/enable"):
+            found.append(event)
+    return found
+
 
 CAPABILITIES = kernel.CAPABILITIES        # capability number -> name
 
@@ -383,12 +400,8 @@ class Trace(Primitive):
             if own not in _host_user_ns:
                 _host_user_ns[own] = self._calibrate_user_ns()
             self.host_user_ns = _host_user_ns[own]
-        for event in EVENTS:
-            if os.path.exists(f"{self.dir}/events/{event}/enable"):
-                _write(f"{self.dir}/events/{event}/enable", "1")
-        for event in QUIET:                             # cgroup:* but the statistics' locking
-            if os.path.exists(f"{self.dir}/events/{event}/enable"):
-                _write(f"{self.dir}/events/{event}/enable", "0")
+        for event in single_events(f"{self.dir}/events"):
+            _write(f"{self.dir}/events/{event}/enable", "1")
         self.host_ns = {ns: kernel.ns_inode("self", ns) for ns in kernel.NAMESPACES}
 
     def join(self, pid: int) -> None:
@@ -438,8 +451,7 @@ class Trace(Primitive):
             for key in ("overrun", "dropped events"):
                 m = re.search(rf"^{key}: (\d+)", stats, re.M)
                 self.lost += int(m.group(1)) if m else 0
-        with open(f"{self.dir}/trace") as f:
-            events = _parse(f)
+        events = tracebuf.read(self.dir)
         moved = _attached_dirs(events)
         if moved:                       # the kernel's word beats what observe() could read
             self.cgroup_dirs = moved
@@ -447,7 +459,8 @@ class Trace(Primitive):
         for c in self.cgroup_limits:
             self.cgroup_limits[c]["usage"] = self._cgroup_value(c, 1)
         self.cgroup_counts = self._cgroup_counts()
-        self.records = self._records(events)
+        with tracebuf.no_gc():                  # 100k syscalls make 600k objects: see no_gc
+            self.records = self._records(events)
         return self.records
 
     def _records(self, events: list[Event]) -> list[Record]:
@@ -457,18 +470,22 @@ class Trace(Primitive):
         records: list[Record] = []
         open_calls: dict[int, Record] = {}
         since: dict[int, float] = {}            # PID -> when it began running the command
+        names: dict[int, str] = {}              # NR -> name, looked up once a number
         for e in events:
-            if e.name == "sys_enter":
-                nr = int(e.fields["NR"])
-                rec = Record(e.pid, syscall_name(nr), e.ts, args=e.fields.get("args", "").split(", "))
+            if e.name == "sys_enter":           # values: NR, arg0..arg5
+                nr = e.values[0]
+                rec = Record(e.pid, names.get(nr) or names.setdefault(nr, syscall_name(nr)), e.ts,
+                             args=[f"{a:x}" for a in e.values[1:]])
                 open_calls[e.pid] = rec
                 records.append(rec)
-            elif e.name == "sys_exit":
+            elif e.name == "sys_exit":          # values: NR, ret
+                nr, ret = e.values
                 rec = open_calls.pop(e.pid, None)
                 if rec is None:                 # a new child's return from fork, or a lost sys_enter
-                    rec = Record(e.pid, syscall_name(int(e.fields["NR"])), e.ts, args=[CHILD_RETURN])
+                    rec = Record(e.pid, names.get(nr) or names.setdefault(nr, syscall_name(nr)), e.ts,
+                                 args=[CHILD_RETURN])
                     records.append(rec)
-                rec.ret, rec.end = int(e.fields["ret"]), e.ts
+                rec.ret, rec.end = ret, e.ts
             elif e.name == "cap_capable_ret" and e.pid in open_calls:
                 caps = [x for x in open_calls[e.pid].events if x.name == "cap_capable"]
                 if caps:
@@ -612,9 +629,7 @@ class Trace(Primitive):
         finally:
             os.close(fd)
             _write(f"{self.dir}/tracing_on", "0")
-        with open(f"{self.dir}/trace") as f:
-            caps = [e for e in _parse(f) if e.name == "cap_capable"]
-        _write(f"{self.dir}/trace", "")             # empty the buffer
+        caps = [e for e in tracebuf.read(self.dir) if e.name == "cap_capable"]   # and empty it
         _write(f"{self.dir}/set_event_pid", "")
         return caps[-1].fields.get("target_ns") if caps else None
 
