@@ -150,6 +150,8 @@ CHILD_RETURN = "(no sys_enter: a new child returning from fork, a call seccomp r
 KERNEL_ERRNOS = {512: "ERESTARTSYS", 513: "ERESTARTNOINTR", 514: "ERESTARTNOHAND",
                  515: "ENOIOCTLCMD", 516: "ERESTART_RESTARTBLOCK"}
 
+RETURNED = "sys_exit: the call returned without an error"
+
 # How sure a record's deciding step is.
 OBSERVED = "observed"       # a kernel event in this call shows the check that decided
 INFERRED = "inferred"       # labkit's reading of the errno; no event shows it
@@ -179,7 +181,7 @@ def describe(e: Event, trace: "Trace") -> str:
     return f"{e.name} " + " ".join(f"{k}={v}" for k, v in f.items())
 
 
-@dataclass
+@dataclass(slots=True)                     # slots: a trace can hold 100,000s of records
 class Record:
     """One syscall of the container (or one kernel event outside any syscall)."""
 
@@ -188,7 +190,7 @@ class Record:
     start: float
     ret: int | None = None
     end: float | None = None
-    args: list[str] = field(default_factory=list)
+    raw_args: tuple[int, ...] | list[str] = ()  # sys_enter's six numbers, or [CHILD_RETURN]
     events: list[Event] = field(default_factory=list)
     namespace: str | None = None            # type, from the namespaces(7) table
     ns_inode: int | None = None             # the container's real namespace of that type
@@ -199,6 +201,11 @@ class Record:
     evidence: str = "observed"              # "observed" (an event shows it), "inferred" or "unknown"
     basis: str = ""                         # what the evidence is, or what the inference rests on
     phase: str = "labkit"                   # "labkit" setup, or "command" from its execve on
+
+    @property
+    def args(self) -> list[str]:
+        """The arguments as sys_enter printed them (hex), or [CHILD_RETURN]."""
+        return [a if isinstance(a, str) else f"{a:x}" for a in self.raw_args]
 
     @property
     def errno(self) -> str | None:
@@ -224,8 +231,8 @@ class Record:
     def loads_seccomp(self) -> bool:
         """Did this call install a seccomp filter? prctl(PR_SET_SECCOMP,
         SECCOMP_MODE_FILTER, ...) or seccomp(SECCOMP_SET_MODE_FILTER, ...)
-        returning 0 (seccomp(2)); sys_enter prints the arguments in hex."""
-        first = [int(a, 16) for a in self.args[:2] if re.fullmatch(r"[0-9a-f]+", a)]
+        returning 0 (seccomp(2))."""
+        first = [a for a in self.raw_args[:2] if isinstance(a, int)]
         return self.ret == 0 and (
             (self.syscall == "prctl" and first == [kernel.PR_SET_SECCOMP, kernel.SECCOMP_MODE_FILTER])
             or (self.syscall == "seccomp" and first[:1] == [kernel.SECCOMP_SET_MODE_FILTER]))
@@ -475,7 +482,7 @@ class Trace(Primitive):
             if e.name == "sys_enter":           # values: NR, arg0..arg5
                 nr = e.values[0]
                 rec = Record(e.pid, names.get(nr) or names.setdefault(nr, syscall_name(nr)), e.ts,
-                             args=[f"{a:x}" for a in e.values[1:]])
+                             raw_args=e.values[1:])
                 open_calls[e.pid] = rec
                 records.append(rec)
             elif e.name == "sys_exit":          # values: NR, ret
@@ -483,7 +490,7 @@ class Trace(Primitive):
                 rec = open_calls.pop(e.pid, None)
                 if rec is None:                 # a new child's return from fork, or a lost sys_enter
                     rec = Record(e.pid, names.get(nr) or names.setdefault(nr, syscall_name(nr)), e.ts,
-                                 args=[CHILD_RETURN])
+                                 raw_args=[CHILD_RETURN])
                     records.append(rec)
                 rec.ret, rec.end = ret, e.ts
             elif e.name == "cap_capable_ret" and e.pid in open_calls:
@@ -530,6 +537,8 @@ class Trace(Primitive):
         moved (pids.events "max"). Anything else is labkit's INFERRED reading
         of the errno, with the basis named, or UNKNOWN.
         """
+        if not rec.events and rec.ret is not None and (rec.ret >= 0 or rec.ret < -4095):
+            return "allowed", "execute", OBSERVED, RETURNED         # most calls: no event, no error
         names = {e.name for e in rec.events}
         if "mark_victim" in names:                  # the memory cgroup's OOM killer chose it
             return "killed by the OOM killer", "cgroup", OBSERVED, "oom:mark_victim"
@@ -541,8 +550,8 @@ class Trace(Primitive):
             return "killed", "execute", UNKNOWN, "no sys_exit: the process ended inside the call"
         err = rec.errno
         if err is None:
-            return "allowed", "execute", OBSERVED, f"sys_exit returned {rec.result()}"
-        if rec.args == [CHILD_RETURN]:
+            return "allowed", "execute", OBSERVED, RETURNED
+        if rec.raw_args == [CHILD_RETURN]:
             rule = self._seccomp_rule(rec)
             if rule:
                 return f"denied {err}", "seccomp", OBSERVED, rule
@@ -725,26 +734,40 @@ def format_timeline(trace: Trace, records: list[Record] | None = None, quiet: bo
     rows = trace.command_records() if records is None else records
     lines = [f"{'time':>9}  {'pid':>7}  {'syscall':<18} {'result':<14} {'verdict':<28} what the kernel checked"]
     for r in rows:
-        checked = []
-        if r.namespace:
-            checked.append(f"{r.namespace} ns ({r.ns_owner}'s)")
-        if r.cgroup:
-            checked.append(f"{r.cgroup['controller']} cgroup limit {r.cgroup.get('limit') or 'none'}")
-        checked += _counted(r.checks(trace))
-        if r.evidence == OBSERVED and r.deciding in ("seccomp", "cgroup"):
-            checked.append(r.basis)
-        others = r.quiet_checks(trace)
-        if others and quiet:
-            checked += [f"[denies nothing: {c}: {o['why']}]" for c, o in
-                        zip(_counted([o["check"] for o in others]), _unique(others))]
-        elif others:
-            checked.append(f"(+{len(others)} that deny nothing; --quiet-checks shows them)")
-        mark = f" {MARKS[r.evidence]} {r.deciding}" if r.errno or r.deciding != "execute" else ""
         lines.append(f"{(r.start - trace.t0) * 1000:8.3f}ms  {r.pid:>7}  {r.syscall:<18} "
-                     f"{r.result():<14} {r.verdict + mark:<28} {'; '.join(checked)}")
+                     f"{r.result():<14} {_verdict_text(r):<28} {_checked(trace, r, quiet)}")
     lines.append(LEGEND)
     lines.append(summary_line(trace))
     return "\n".join(lines)
+
+
+def _verdict_text(r: Record) -> str:
+    """The verdict, and where the call failed or was decided, marked with its evidence."""
+    if r.errno or r.deciding != "execute":
+        return f"{r.verdict} {MARKS[r.evidence]} {r.deciding}"
+    return r.verdict
+
+
+def _checked(trace: Trace, r: Record, quiet: bool) -> str:
+    """The timeline's last column: the namespace (table), the cgroup limit, the
+    events of the call, and its checks that deny nothing (counted, or with why)."""
+    checked = []
+    if r.namespace:
+        checked.append(f"{r.namespace} ns ({r.ns_owner}'s)")
+    if r.cgroup:
+        checked.append(f"{r.cgroup['controller']} cgroup limit {r.cgroup.get('limit') or 'none'}")
+    if not r.events:
+        return "; ".join(checked)
+    checked += _counted(r.checks(trace))
+    if r.evidence == OBSERVED and r.deciding in ("seccomp", "cgroup"):
+        checked.append(r.basis)
+    others = r.quiet_checks(trace)
+    if others and quiet:
+        checked += [f"[denies nothing: {c}: {o['why']}]" for c, o in
+                    zip(_counted([o["check"] for o in others]), _unique(others))]
+    elif others:
+        checked.append(f"(+{len(others)} that deny nothing; --quiet-checks shows them)")
+    return "; ".join(checked)
 
 
 def _counted(items: list[str]) -> list[str]:
