@@ -10,6 +10,9 @@ round), medians side by side:
   back: what the kernel's tracepoints cost by themselves;
 - all of labkit's events raw in one instance: the floor `labkit trace` adds to;
 - `labkit trace`: the Trace primitive (the container's run; reading comes after);
+- `labkit trace --syscalls sethostname`, a call the workload never makes: with
+  kprobes, whether the other calls keep the kernel's fast path; without, the
+  tracepoints' id filter, which cannot avoid it;
 - `strace -f`, for reference;
 - the whole CLI, wall time with reading and printing: `python -m labkit trace`
   against `python -m labkit run` (output to /dev/null).
@@ -181,6 +184,11 @@ def workload_variants(argv: list[str], full: bool) -> dict[str, Callable[[], Sam
     if full:
         ways["floor, QUIET off"] = lambda: container(argv, RawEvents(trace.EVENTS, BUFFER_KB, True))
     ways["labkit trace"] = lambda: container(argv, TimedTrace(buffer_kb=BUFFER_KB))
+    # --syscalls: one call the workload never makes. Through kprobes (where the
+    # kernel has them) the workload's calls should keep the fast path; through
+    # the tracepoints' id filter (elsewhere) they cannot.
+    ways["trace --syscalls"] = lambda: container(argv, TimedTrace(buffer_kb=BUFFER_KB,
+                                                                  syscalls=("sethostname",)))
     if shutil.which("strace"):
         ways["strace -f"] = lambda: container(["strace", "-f", "-qq", "-o", "/dev/null", *argv])
     if full:
@@ -253,6 +261,8 @@ def main() -> None:
     print(f"host: {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"qemu running: {bool(subprocess.run(['pgrep', '-f', 'qemu-system'], capture_output=True).stdout)}")
     print(f"buffer {BUFFER_KB} KB a CPU for every instance; {ROUNDS} rounds after a warm-up, medians")
+    kprobes = os.path.exists(f"{trace.tracefs()}/kprobe_events")
+    print(f"trace --syscalls through: {'kprobes' if kprobes else 'the id filter (this kernel has no kprobes)'}")
     if BASELINE:
         head = subprocess.run(["git", "-C", BASELINE, "log", "-1", "--format=%h %s"],
                               capture_output=True, text=True).stdout.strip()

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the command to run and its arguments")
 
     trace_cmd = sub.add_parser("trace", help="run a command and print what the kernel checked",
-                               usage="labkit trace [OPTIONS] [--json] [--all] [--quiet-checks] [--] CMD [ARG...]")
+                               usage="labkit trace [OPTIONS] [--json] [--all] [--quiet-checks] [--syscalls LIST] [--] CMD [ARG...]")
     add_run_options(trace_cmd)
     trace_cmd.add_argument("--json", action="store_true",
                            help="one JSON object a syscall (syscall, ret, checks, verdict, "
@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "overlayfs's mounter), with why; by default they are counted")
     trace_cmd.add_argument("--all", action="store_true",
                            help="also show labkit's own setup syscalls before the command's execve")
+    trace_cmd.add_argument("--syscalls", metavar="LIST", default="",
+                           help="trace only these syscalls, comma-separated (e.g. sethostname,mount): "
+                                "with kprobes the other calls keep the kernel's fast path")
     trace_cmd.add_argument("--buffer-kb", type=int, default=16384, metavar="KB",
                            help="tracefs buffer per CPU (default 16384); lost events are reported")
     trace_cmd.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
@@ -330,7 +333,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     argv = command_of(args)
     prims = primitives_for(args)
     tracer = trace.Trace(buffer_kb=args.buffer_kb,       # the filter: to name the rule of a denial
-                         seccomp_filter=next((p for p in prims if isinstance(p, Seccomp)), None))
+                         seccomp_filter=next((p for p in prims if isinstance(p, Seccomp)), None),
+                         syscalls=[name for name in args.syscalls.split(",") if name])
     prims.append(tracer)                        # last: joins after, releases before the others
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)

@@ -47,12 +47,12 @@ import os
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from . import kernel, mountinfo, tracebuf
-from .errors import LabkitError, NotRootError
+from .errors import LabkitError, NotRootError, UsageError
 from .spawn import Primitive
-from .syscalls import syscall_name
+from .syscalls import syscall_name, syscall_number
 if TYPE_CHECKING:
     from . import checks
     from .seccomp import Seccomp
@@ -91,6 +91,16 @@ def single_events(events_dir: str) -> list[str]:
 
 
 CAPABILITIES = kernel.CAPABILITIES        # capability number -> name
+
+# Events kept outside any traced call when --syscalls selects calls: the
+# process's life and its end, not the checks of calls nobody asked for.
+OUTSIDE_CALLS = ("sched_process_fork", "sched_process_exec", "sched_process_exit",
+                 "signal_generate", "signal_deliver", "mark_victim")
+
+# The kernel function of each syscall, per architecture: SYSCALL_DEFINE makes
+# __x64_sys_NAME on x86_64 (arch/x86/include/asm/syscall_wrapper.h) and
+# __arm64_sys_NAME on arm64 (arch/arm64/include/asm/syscall_wrapper.h).
+SYSCALL_SYMBOL = {"x86_64": "__x64_sys_{}", "aarch64": "__arm64_sys_{}"}
 
 # A table lookup, not a kernel event: the namespace type whose resource each
 # syscall names, after the list of what each type isolates in namespaces(7).
@@ -371,13 +381,24 @@ class Trace(Primitive):
     name = "trace"
     flags = 0
 
-    def __init__(self, buffer_kb: int = 16384, seccomp_filter: "Seccomp | None" = None) -> None:
+    def __init__(self, buffer_kb: int = 16384, seccomp_filter: "Seccomp | None" = None,
+                 syscalls: Sequence[str] = ()) -> None:
         self.buffer_kb = buffer_kb
         self.filter = seccomp_filter                   # the launch's filter, to name a denial's rule
         self.cgroup_counts: dict[str, int] = {}        # cgroups.EVENTS counter -> value at the end
         self.root = ""                                  # tracefs, as tracefs() found it
         self.dir: str | None = None
         self.kprobe_group: str | None = None
+        self.kprobe_events: list[str] = []              # the events this trace defined in its group
+        self.syscalls = tuple(syscalls)                 # only these, when given (--syscalls)
+        for name in self.syscalls:
+            try:
+                syscall_number(name)
+            except KeyError:
+                raise UsageError(f"--syscalls: {name!r} is no syscall of {os.uname().machine}",
+                                 "give syscall names as in syscalls(2), comma-separated, "
+                                 "e.g. sethostname,mount") from None
+        self.syscall_source = "tracepoints raw_syscalls:sys_enter/sys_exit"
         self.capability_source: str | None = None   # tracepoint, kprobe, or None
         self.host_user_ns: str | None = None        # the cap_capable pointer of labkit's user ns
         self.host_ns: dict[str, int] = {}
@@ -407,8 +428,10 @@ class Trace(Primitive):
             if own not in _host_user_ns:
                 _host_user_ns[own] = self._calibrate_user_ns()
             self.host_user_ns = _host_user_ns[own]
+        left_off = self._select_syscalls() if self.syscalls else []
         for event in single_events(f"{self.dir}/events"):
-            _write(f"{self.dir}/events/{event}/enable", "1")
+            if event not in left_off:
+                _write(f"{self.dir}/events/{event}/enable", "1")
         self.host_ns = {ns: kernel.ns_inode("self", ns) for ns in kernel.NAMESPACES}
 
     def join(self, pid: int) -> None:
@@ -478,8 +501,17 @@ class Trace(Primitive):
         open_calls: dict[int, Record] = {}
         since: dict[int, float] = {}            # PID -> when it began running the command
         names: dict[int, str] = {}              # NR -> name, looked up once a number
+        probes = {f"{kind}_{name}": (kind, name) for name in self.syscalls for kind in ("enter", "exit")}
         for e in events:
-            if e.name == "sys_enter":           # values: NR, arg0..arg5
+            if probes and e.name in probes:     # --syscalls through kprobes: the call's own function
+                kind, call = probes[e.name]
+                if kind == "enter":
+                    open_calls[e.pid] = rec = Record(e.pid, call, e.ts)
+                    records.append(rec)
+                elif e.pid in open_calls:
+                    rec = open_calls.pop(e.pid)
+                    rec.ret, rec.end = int(e.fields["ret"]), e.ts
+            elif e.name == "sys_enter":           # values: NR, arg0..arg5
                 nr = e.values[0]
                 rec = Record(e.pid, names.get(nr) or names.setdefault(nr, syscall_name(nr)), e.ts,
                              raw_args=e.values[1:])
@@ -504,7 +536,7 @@ class Trace(Primitive):
                     since.setdefault(int(e.fields["child_pid"]), e.ts)
                 if e.pid in open_calls:
                     open_calls[e.pid].events.append(e)
-                else:
+                elif not self.syscalls or e.name in OUTSIDE_CALLS:   # --syscalls: only those calls' checks
                     records.append(Record(e.pid, f"[{e.name}]", e.ts, events=[e]))
         for rec in records:
             if rec.pid in since and rec.start >= since[rec.pid]:
@@ -613,12 +645,54 @@ class Trace(Primitive):
         if source != KPROBE_SOURCE:
             return source
         # int cap_capable(const struct cred *cred, struct user_namespace *targ_ns, int cap, ...)
-        self.kprobe_group = f"labkit_{os.getpid()}_{next(_counter)}"
-        _append(f"{self.root}/kprobe_events",
-                f"p:{self.kprobe_group}/cap_capable cap_capable target_ns=$arg2 cap=$arg3:s32\n"
-                f"r:{self.kprobe_group}/cap_capable_ret cap_capable ret=$retval:s32\n")
-        _write(f"{self.dir}/events/{self.kprobe_group}/enable", "1")
+        self._add_kprobes({"cap_capable": "p cap_capable target_ns=$arg2 cap=$arg3:s32",
+                           "cap_capable_ret": "r cap_capable ret=$retval:s32"})
         return KPROBE_SOURCE
+
+    def _add_kprobes(self, probes: dict[str, str]) -> None:
+        """Define kprobe events (name -> "p|r SYMBOL FETCHARGS", kprobetrace.rst)
+        in this trace's group labkit_PID_N, and switch the group on in the instance."""
+        assert self.dir is not None
+        if self.kprobe_group is None:
+            self.kprobe_group = f"labkit_{os.getpid()}_{next(_counter)}"
+        for name, probe in probes.items():
+            kind, rest = probe.split(" ", 1)
+            _append(f"{self.root}/kprobe_events", f"{kind}:{self.kprobe_group}/{name} {rest}\n")
+            self.kprobe_events.append(name)
+        _write(f"{self.dir}/events/{self.kprobe_group}/enable", "1")
+
+    def _select_syscalls(self) -> list[str]:
+        """Trace only the syscalls of ``self.syscalls``; returns the EVENTS to leave off.
+
+        With kprobes: an entry probe and a return probe on each syscall's own
+        kernel function (SYSCALL_SYMBOL), and the raw_syscalls tracepoints stay
+        off, so every other syscall keeps the kernel's fast path (enabling a
+        syscall tracepoint sets SYSCALL_WORK_SYSCALL_TRACEPOINT on the task:
+        kernel/trace/trace_syscalls.c, kernel/entry/common.c). A call that the
+        seccomp filter refuses never reaches that function: it is not seen.
+        Without kprobes: a filter on the tracepoints' ``id`` (events.rst, "Event
+        filtering"): fewer events, but every syscall still takes the slow path.
+        """
+        assert self.dir is not None
+        machine = os.uname().machine
+        if os.path.exists(f"{self.root}/kprobe_events") and machine in SYSCALL_SYMBOL:
+            probes = {}
+            for name in self.syscalls:
+                symbol = SYSCALL_SYMBOL[machine].format(name)
+                probes[f"enter_{name}"] = f"p {symbol}"
+                probes[f"exit_{name}"] = f"r {symbol} ret=$retval:s64"
+            try:
+                self._add_kprobes(probes)
+            except OSError as e:
+                raise LabkitError(f"--syscalls: this kernel refused a probe on {symbol}: {e.strerror}",
+                                  "check the name (syscalls(2)); some calls have another kernel function") from None
+            self.syscall_source = f"kprobes on {SYSCALL_SYMBOL[machine].format('NAME')} (the other calls stay on the fast path)"
+            return ["raw_syscalls/sys_enter", "raw_syscalls/sys_exit"]
+        condition = " || ".join(f"id == {syscall_number(name)}" for name in self.syscalls)
+        for event in ("sys_enter", "sys_exit"):
+            _write(f"{self.dir}/events/raw_syscalls/{event}/filter", condition)
+        self.syscall_source = "raw_syscalls filtered on id (every syscall still takes the slow path)"
+        return []
 
     def _calibrate_user_ns(self) -> str | None:
         """The pointer cap_capable prints for labkit's own (the host's) user namespace.
@@ -679,8 +753,8 @@ class Trace(Primitive):
             self.dir = None
         if self.kprobe_group is not None:
             _append(f"{self.root}/kprobe_events",
-                    f"-:{self.kprobe_group}/cap_capable\n-:{self.kprobe_group}/cap_capable_ret\n")
-            self.kprobe_group = None
+                    "".join(f"-:{self.kprobe_group}/{name}\n" for name in self.kprobe_events))
+            self.kprobe_group, self.kprobe_events = None, []
 
 
 def _attached_dirs(events: list[Event]) -> dict[str, tuple[str, str]]:
@@ -781,5 +855,6 @@ def _unique(quiet: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def summary_line(trace: Trace) -> str:
     cap = trace.capability_source or "capability checks not traceable on this kernel (no tracepoint, no kprobes)"
+    calls = f"; only {','.join(trace.syscalls)}, from {trace.syscall_source}" if trace.syscalls else ""
     return (f"{len(trace.records)} records from {trace.events_total} kernel events; "
-            f"lost events: {trace.lost}; capability checks from: {cap}")
+            f"lost events: {trace.lost}; capability checks from: {cap}{calls}")

@@ -16,8 +16,9 @@ from labkit.spawn import spawn
 from labkit.syscalls import syscall_name, syscall_number
 
 
-def traced(argv: list[str], *prims, buffer_kb: int = 16384) -> tuple[trace.Trace, int]:
-    tr = trace.Trace(buffer_kb=buffer_kb)
+def traced(argv: list[str], *prims, buffer_kb: int = 16384,
+           syscalls: tuple[str, ...] = ()) -> tuple[trace.Trace, int]:
+    tr = trace.Trace(buffer_kb=buffer_kb, syscalls=syscalls)
     with spawn(argv, [*prims, tr]) as proc:
         tr.observe(proc.pid)
         code = proc.wait()
@@ -143,6 +144,22 @@ def test_fork_over_the_pids_limit_is_denied_at_the_cgroup_step(no_leaks):
     assert tr.cgroup_counts["pids_max"] == len(denied)     # pids.events "max": one per refusal
 
 
+def test_syscalls_traces_only_the_calls_named_with_their_checks(no_leaks):
+    """--syscalls: kprobes on the calls' own kernel functions where the kernel has
+    kprobes (the lab VMs), else a filter on the tracepoints' id (this kind of host)."""
+    tr, code = traced(["/bin/sh", "-c", "hostname traced; cat /no/such/labkit/file"],
+                      pid.PidNamespace(), uts.UtsNamespace(), syscalls=("sethostname",))
+    assert code == 1
+    assert {r.syscall for r in tr.command_records() if not r.syscall.startswith("[")} == {"sethostname"}
+    [rec] = calls(tr, "sethostname")
+    assert rec.ret == 0 and rec.verdict == "allowed"
+    if tr.capability_source:
+        assert "CAP_SYS_ADMIN checked in the host's user namespace: granted" in rec.checks(tr)
+    kprobes = os.path.exists(f"{trace.tracefs()}/kprobe_events")
+    assert tr.syscall_source.startswith("kprobes on __" if kprobes else "raw_syscalls filtered on id")
+    assert "only sethostname" in trace.summary_line(tr)
+
+
 def test_the_trace_starts_before_the_first_execve_even_for_a_command_that_exits_at_once(no_leaks):
     tr, code = traced(["true"], pid.PidNamespace())
     assert code == 0
@@ -216,6 +233,12 @@ def test_cli_trace_json_seccomp_denial_names_the_rule(no_leaks):
     [keyctl] = [json.loads(line) for line in result.stderr.splitlines() if '"keyctl"' in line]
     assert (keyctl["errno"], keyctl["deciding_step"], keyctl["evidence"]) == ("EPERM", "seccomp", "observed")
     assert "keyctl -> SCMP_ACT_ERRNO(EPERM)" in keyctl["basis"]
+
+
+def test_cli_trace_unknown_syscall_is_one_line_and_125(no_leaks):
+    result = labkit_cli("trace", "--syscalls", "sethostname,nosuchcall", "--", "true")
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and "'nosuchcall' is no syscall" in result.stderr
 
 
 def test_cli_trace_bad_buffer_size_is_one_line_and_125(no_leaks):
