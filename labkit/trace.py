@@ -21,7 +21,11 @@ trace/ftrace.rst, events.rst) exposes them as files:
 Where the ``capability:cap_capable`` tracepoint is missing (it came in Linux
 6.14, include/trace/events/capability.h; the lab VMs run 6.1 and 6.12),
 a kprobe and a kretprobe on the kernel function ``cap_capable`` stand in,
-through ``kprobe_events`` (Documentation/trace/kprobetrace.rst); where neither
+through ``kprobe_events`` (Documentation/trace/kprobetrace.rst). A kprobe
+fires only where the function itself is entered: on the lab VMs it saw none of
+the overcommit checks that the tracepoint shows on mmap and fork, which call
+cap_capable directly in security/commoncap.c (inlined there: our inference);
+checks made through security_capable() (ns_capable, capable) it sees. Where neither
 exists, ``Trace.capability_source`` is None and the views say so.
 
 Evidence, not guesses: each ``Record`` says which check decided the call

@@ -247,7 +247,12 @@ def test_every_capability_check_in_calls_that_succeeded_is_explained(no_leaks):
     tr, found = _unexplained([pid.PidNamespace(), uts.UtsNamespace(), caps.Capabilities()])
     if tr.capability_source is None:
         pytest.skip("this kernel shows no capability checks (no tracepoint, no kprobes)")
-    assert any(e.name == "cap_capable" for r in tr.command_records() for e in r.events)
+    if tr.capability_source == trace.TRACEPOINT_SOURCE:
+        # The tracepoint (6.14+) sees overcommit's checks in this session's mmap and fork.
+        # The kprobe on the lab VMs' 6.1/6.12 saw none there: cap_vm_enough_memory calls
+        # cap_capable directly in the same file (security/commoncap.c), and a probe sees
+        # only calls to the function's own copy (inlining: our inference, not measured).
+        assert any(e.name == "cap_capable" for r in tr.command_records() for e in r.events)
     assert not found, found
 
 
