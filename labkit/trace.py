@@ -164,8 +164,6 @@ CHILD_RETURN = "(no sys_enter: a new child returning from fork, a call seccomp r
 KERNEL_ERRNOS = {512: "ERESTARTSYS", 513: "ERESTARTNOINTR", 514: "ERESTARTNOHAND",
                  515: "ENOIOCTLCMD", 516: "ERESTART_RESTARTBLOCK"}
 
-RETURNED = "sys_exit: the call returned without an error"
-
 # How sure a record's deciding step is.
 OBSERVED = "observed"       # a kernel event in this call shows the check that decided
 INFERRED = "inferred"       # labkit's reading of the errno; no event shows it
@@ -574,7 +572,7 @@ class Trace(Primitive):
         of the errno, with the basis named, or UNKNOWN.
         """
         if not rec.events and rec.ret is not None and (rec.ret >= 0 or rec.ret < -4095):
-            return "allowed", "execute", OBSERVED, RETURNED         # most calls: no event, no error
+            return "allowed", "execute", OBSERVED, f"sys_exit returned {rec.result()}"   # most calls
         names = {e.name for e in rec.events}
         if "mark_victim" in names:                  # the memory cgroup's OOM killer chose it
             return "killed by the OOM killer", "cgroup", OBSERVED, "oom:mark_victim"
@@ -586,7 +584,7 @@ class Trace(Primitive):
             return "killed", "execute", UNKNOWN, "no sys_exit: the process ended inside the call"
         err = rec.errno
         if err is None:
-            return "allowed", "execute", OBSERVED, RETURNED
+            return "allowed", "execute", OBSERVED, f"sys_exit returned {rec.result()}"
         if rec.raw_args == [CHILD_RETURN]:
             rule = self._seccomp_rule(rec)
             if rule:
