@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="run notebooks headlessly and report each exercise passed or failed")
     check.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="the notebooks to run and grade")
     check.add_argument("--json", action="store_true", help="print one JSON document (for a gradebook)")
+    check.add_argument("--solutions", default=None, metavar="DIR",
+                       help="the solution notebooks whose check cells grade (default: this checkout's notebooks/)")
     check.add_argument("--timeout", type=int, default=300, metavar="SECONDS",
                        help="longest a cell may run before it is interrupted (default 300)")
     return parser
@@ -412,11 +414,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     if args.timeout < 1:
         raise UsageError(f"--timeout {args.timeout} is not a duration", "give seconds, e.g. 300")
+    solutions = args.solutions or NOTEBOOK_DIR
+    if not os.path.isdir(solutions):
+        raise UsageError(f"--solutions {solutions} is not a directory", "give the folder of the solution notebooks")
     for path in args.notebooks:                         # bad input is refused before anything runs
-        exercises.read_notebook(path)
+        exercises.read_notebook(exercises.solution_for(path, exercises.read_notebook(path), solutions))
     reports = []
     for path in args.notebooks:
-        reports.append(exercises.run(path, timeout=args.timeout))
+        reports.append(exercises.run(path, solutions, timeout=args.timeout))
         if not args.json:
             print(exercises.format_report(reports[-1]), flush=True)
     if args.json:

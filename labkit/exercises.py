@@ -6,11 +6,16 @@ cell whose answer stands between the lines ``### BEGIN SOLUTION`` and
 kernel and prints ``exercise N: passed`` or ``exercise N: hint: ...``.
 
 - ``build()`` writes the student version of a notebook: each answer becomes
-  ``...`` at the marker's indentation, every output is cleared, and the
-  notebook's metadata says it is a student version.
-- ``run()`` runs a notebook headlessly (nbclient: a real Jupyter kernel,
-  errors allowed so that one broken cell does not hide the other exercises, a
-  timeout per cell) and collects every ``exercise N: ...`` line it printed.
+  ``...`` at the marker's indentation, every output is cleared, the check
+  cells are locked (``editable``/``deletable`` false, as nbgrader does; JupyterLab
+  honours them), and the notebook's metadata names its solution notebook.
+- ``run()`` grades a submission without trusting it: every check cell (the cell
+  defining ``check_exercise_N``) is replaced by the solution notebook's cell of
+  the same cell id (inserted where the student deleted it), then the notebook
+  runs headlessly (nbclient: a fresh Jupyter kernel, errors allowed so that one
+  broken cell does not hide the other exercises and the cleanup cells still
+  run, a timeout per cell). Only what the solution's check cells printed
+  counts: a line ``exercise N: passed`` printed by any other cell does not.
 
 nbformat and nbclient are imported here only: the ``labkit run`` path never
 imports this module.
@@ -34,6 +39,7 @@ STUB = "..."
 RESULT_LINE = re.compile(r"^exercise (\d+): (passed|hint: .*)$", re.MULTILINE)
 CHECK_FUNCTION = re.compile(r"^def check_exercise_(\d+)\(", re.MULTILINE)
 EXPECTED_ERROR = "NBVAL_RAISES_EXCEPTION"       # a cell that raises on purpose (nbval's mark)
+LOCKED = {"editable": False, "deletable": False}  # the cell metadata nbgrader writes, JupyterLab honours
 
 
 @dataclass
@@ -95,8 +101,15 @@ def stub_answers(source: str, where: str = "cell") -> str:
     return "\n".join(out)
 
 
+def check_number(cell: nbformat.NotebookNode) -> int | None:
+    """N when the cell is the check cell of exercise N (it defines ``check_exercise_N``)."""
+    found = CHECK_FUNCTION.findall(cell.source) if cell.cell_type == "code" else []
+    return int(found[0]) if found else None
+
+
 def student_version(nb: nbformat.NotebookNode, name: str) -> tuple[nbformat.NotebookNode, int]:
-    """A copy of ``nb`` with answers stubbed and outputs cleared; and how many answers."""
+    """A copy of ``nb`` with answers stubbed, outputs cleared and check cells
+    locked; and how many answers."""
     student = nbformat.from_dict(nb)
     answers = 0
     for index, cell in enumerate(student.cells):
@@ -105,6 +118,8 @@ def student_version(nb: nbformat.NotebookNode, name: str) -> tuple[nbformat.Note
         if BEGIN in cell.source:
             answers += cell.source.count(BEGIN)
             cell.source = stub_answers(cell.source, f"{name} cell {index}")
+        if check_number(cell) is not None:
+            cell.metadata.update(LOCKED)
         cell.outputs = []
         cell.execution_count = None
     student.metadata["labkit"] = {"student_version": True, "solution": name}
@@ -149,36 +164,77 @@ def _expects_error(cell: nbformat.NotebookNode) -> bool:
     return EXPECTED_ERROR in cell.source or "raises-exception" in cell.metadata.get("tags", [])
 
 
-def grade(path: str, nb: nbformat.NotebookNode) -> Report:
-    """Read an executed notebook: every exercise line printed, every unexpected error."""
+def grade(path: str, nb: nbformat.NotebookNode, checks: dict[str, int] | None = None) -> Report:
+    """Read an executed notebook: each check cell's result line, every unexpected error.
+
+    ``checks`` maps the id of each check cell to its exercise number (the
+    solution's check cells, see ``run()``); without it, the check cells are the
+    notebook's own (a solution notebook's saved outputs). Only the line
+    ``exercise N: ...`` printed by the check cell of exercise N counts.
+    """
     report = Report(path)
     found: dict[int, Exercise] = {}
-    checks: dict[int, str] = {}                      # exercise number -> why its check printed nothing
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
         errors = [o for o in cell.outputs if o.output_type == "error"]
-        for number in CHECK_FUNCTION.findall(cell.source):
-            why = f"{errors[0].ename}: {errors[0].evalue}" if errors else "it printed no result"
-            checks[int(number)] = f"hint: its check cell (cell {index}) did not finish ({why})"
         if errors and not _expects_error(cell):
             report.crashed.append(f"cell {index}: {errors[0].ename}: {errors[0].evalue}")
+        number = check_number(cell) if checks is None else checks.get(cell.get("id"))
+        if number is None:
+            continue
+        why = f"{errors[0].ename}: {errors[0].evalue}" if errors else "it printed no result"
+        exercise = Exercise(number, False, f"its check cell (cell {index}) did not finish ({why})")
         for text in _texts_of(cell):
-            for number, verdict in RESULT_LINE.findall(text):
-                found[int(number)] = Exercise(int(number), verdict == "passed",
-                                              "" if verdict == "passed" else verdict[len("hint: "):])
-    for number, why in checks.items():
-        found.setdefault(number, Exercise(number, False, why[len("hint: "):]))
+            for said, verdict in RESULT_LINE.findall(text):
+                if int(said) == number:
+                    exercise = Exercise(number, verdict == "passed",
+                                        "" if verdict == "passed" else verdict[len("hint: "):])
+        found[number] = exercise
     report.exercises = [found[n] for n in sorted(found)]
     return report
 
 
-def run(path: str, timeout: int = 300) -> Report:
-    """Execute the notebook at ``path`` in a fresh kernel (in its own folder) and grade it."""
+def solution_for(path: str, nb: nbformat.NotebookNode, solutions: str) -> str:
+    """The solution notebook of a submission, in the folder ``solutions``: the one
+    of the same file name, else the one its metadata names (``build`` writes it)."""
+    meta = nb.metadata.get("labkit")
+    named = meta.get("solution") if isinstance(meta, dict) else None
+    for name in (os.path.basename(path), os.path.basename(str(named or ""))):
+        if name and os.path.isfile(os.path.join(solutions, name)):
+            return os.path.join(solutions, name)
+    raise UsageError(f"{path}: no solution notebook {os.path.basename(str(named or path))} in {solutions}",
+                     "keep the submission's file name, or give --solutions DIR")
+
+
+def with_solution_checks(nb: nbformat.NotebookNode, solution: nbformat.NotebookNode) -> dict[str, int]:
+    """Put the solution's check cells into ``nb``, matched by cell id: an edited
+    check cell is replaced, a deleted one is inserted after the cell it
+    followed in the solution. Returns {check cell id: exercise number}."""
+    checks: dict[str, int] = {}
+    previous: str | None = None
+    for cell in solution.cells:
+        number = check_number(cell)
+        if number is not None:
+            checks[cell.id] = number
+            fresh = nbformat.v4.new_code_cell(cell.source, id=cell.id, metadata=dict(cell.metadata))
+            ids = [c.get("id") for c in nb.cells]
+            if cell.id in ids:
+                nb.cells[ids.index(cell.id)] = fresh
+            else:
+                nb.cells.insert(ids.index(previous) + 1 if previous in ids else len(nb.cells), fresh)
+        previous = cell.get("id")
+    return checks
+
+
+def run(path: str, solutions: str, timeout: int = 300) -> Report:
+    """Execute the notebook at ``path`` with its solution's check cells (from
+    the folder ``solutions``) in a fresh kernel, in the notebook's folder, and grade it."""
     from nbclient import NotebookClient
     from traitlets.config import Config
 
     nb = read_notebook(path)
+    checks = with_solution_checks(nb, read_notebook(solution_for(path, nb, solutions)))
     # The kernel runs as root: talk to it over Unix sockets in a private folder, not TCP.
     with tempfile.TemporaryDirectory(prefix="labkit-check-") as sockets:
         config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
@@ -188,10 +244,10 @@ def run(path: str, timeout: int = 300) -> Report:
         try:
             client.execute()                         # starts the kernel, runs every cell, shuts it down
         except Exception as e:                       # the kernel died or could not start
-            report = grade(path, nb)
+            report = grade(path, nb, checks)
             report.crashed.append(f"the kernel stopped: {type(e).__name__}: {e}".splitlines()[0])
             return report
-    return grade(path, nb)
+    return grade(path, nb, checks)
 
 
 def format_report(report: Report) -> str:

@@ -1,15 +1,20 @@
 """Classroom exercises: the convention in every notebook, `labkit exercises build`, `labkit check`.
 
 The student version of every notebook is really run (a Jupyter kernel, the real kernel
-underneath): it must run to the end, and each of its checks must fail with its hint.
+underneath): it must run to the end, and each of its checks must fail with its first hint.
+No hint of an exercise contains its solution's key expression. Grading uses the solution's
+check cells: a student's edited or deleted check cell, or a line "exercise N: passed"
+printed elsewhere, does not pass.
 """
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import os
 import re
+import textwrap
 
 import nbformat
 import pytest
@@ -24,6 +29,84 @@ PRINT_LINE = re.compile(r'print\(f"exercise (\d+):", check_exercise_(\d+)\(\)\)'
 
 def names(paths: list[str]) -> list[str]:
     return [os.path.basename(p) for p in paths]
+
+
+def exercises_of(path: str) -> list[tuple[int, str, str, str]]:
+    """(N, task markdown, answer cell source, check cell source) of each exercise."""
+    nb = nbformat.read(path, as_version=4)
+    found, task = [], ""
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            task += cell.source + "\n"
+        elif exercises.BEGIN in cell.source:
+            found.append((len(found) + 1, task, cell.source, nb.cells[index + 1].source))
+            task = ""
+        elif exercises.check_number(cell) is not None:
+            task = ""
+    return found
+
+
+def normalized(text: str) -> str:
+    """Lower case, one kind of quote, no space next to punctuation (as ast.unparse spaces it)."""
+    text = re.sub(r"\s+", " ", text.replace("'", '"').lower())
+    return re.sub(r" ?([^\w ]) ?", r"\1", text).strip()
+
+
+def mentions(text: str, key: str) -> bool:
+    """``key`` stands in ``text`` (both normalized) as a whole: not inside a longer word."""
+    before = r"(?<![a-z0-9])" if key[:1].isalnum() else ""
+    after = r"(?![a-z0-9])" if key[-1:].isalnum() else ""
+    return re.search(before + re.escape(key) + after, text) is not None
+
+
+TRIVIAL = (None, True, False, 0, 1, "")
+
+
+def key_expressions(answer: str) -> set[str]:
+    """What the solution writes: the right-hand side of each assignment (and the value of each
+    return, and each call made for its effect) between the markers, each call and keyword
+    argument in it, each string in it and each option=value word of a string (a shell
+    command's bs=64M), normalized."""
+    lines = answer.splitlines()
+    begin = [l.strip() for l in lines].index(exercises.BEGIN)
+    end = [l.strip() for l in lines].index(exercises.END)
+    keys = set()
+    for node in ast.walk(ast.parse(textwrap.dedent("\n".join(lines[begin + 1:end])))):
+        called = isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)     # os.chdir("..")
+        if not (called or isinstance(node, (ast.Assign, ast.AnnAssign, ast.Return))) or node.value is None:
+            continue
+        value = node.value
+        if isinstance(value, ast.Constant):
+            if value.value not in TRIVIAL:
+                keys.add(str(value.value))
+        elif not isinstance(value, (ast.Name, ast.Attribute)) and not (
+                isinstance(value, ast.Call) and not value.args and not value.keywords):   # f(): an API's name
+            keys.add(ast.unparse(value))
+        for sub in ast.walk(value):
+            if isinstance(sub, ast.Call) and (sub.args or sub.keywords):
+                keys.add(ast.unparse(sub))
+                if isinstance(sub.func, ast.Attribute):          # also without its module: Cgroup(...)
+                    keys.add(ast.unparse(sub)[len(ast.unparse(sub.func.value)) + 1:])
+            elif isinstance(sub, ast.keyword) and sub.arg:
+                keys.add(f"{sub.arg}={ast.unparse(sub.value)}")
+            elif isinstance(sub, ast.Constant) and isinstance(sub.value, str) and len(sub.value) > 2:
+                keys.add(sub.value)
+                keys.update(word for word in sub.value.split() if "=" in word)
+    return {normalized(k) for k in keys}
+
+
+def hints_of(check: str, number: int) -> list[str]:
+    """The hints check_exercise_N returns, in source order; {} for each formatted value."""
+    tree = ast.parse(check)
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == f"check_exercise_{number}")
+    hints = []
+    for node in ast.walk(function):
+        if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant):
+            hints.append((node.lineno, str(node.value.value)))
+        elif isinstance(node, ast.Return) and isinstance(node.value, ast.JoinedStr):
+            hints.append((node.lineno, "".join(p.value if isinstance(p, ast.Constant) else "{}"
+                                               for p in node.value.values)))
+    return [text for _, text in sorted(hints) if text.startswith("hint: ")]
 
 
 def tiny_notebook(*sources: str) -> nbformat.NotebookNode:
@@ -51,6 +134,30 @@ def test_every_answer_is_followed_by_one_check_cell(path: str) -> None:
     # The markers appear only in the answer cells (markdown included).
     marked = [c for c in nb.cells if exercises.BEGIN in c.source or exercises.END in c.source]
     assert len(marked) == len(answers)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=names(NOTEBOOKS))
+def test_no_hint_contains_the_solutions_key_expression(path: str) -> None:
+    """A key the task itself states (a name, a path it gives) is no answer; any other is."""
+    leaks = []
+    for number, task, answer, check in exercises_of(path):
+        keys = {k for k in key_expressions(answer) if not mentions(normalized(task), k)}
+        assert keys, f"exercise {number}: no key expression found in its solution"
+        hints = hints_of(check, number)
+        assert len(hints) >= 2, f"exercise {number}: a concept hint and a pointer to the man page or API"
+        leaks += [(number, k, h) for h in hints for k in keys if mentions(normalized(h), k)]
+    assert not leaks, "hints that give the answer: " + "; ".join(f"exercise {n}: {k!r} in {h!r}" for n, k, h in leaks)
+
+
+def test_key_expressions_catch_an_answer_in_a_hint() -> None:
+    """The test above can fail: today's kind of hint is caught, a concept hint is not."""
+    answer = '### BEGIN SOLUTION\nquarter = Cgroup("nb06-ex1", cpu=0.25)\n### END SOLUTION'
+    keys = key_expressions(answer)
+    assert any(mentions(normalized("hint: so a quarter core is cpu=0.25"), k) for k in keys)
+    assert any(mentions(normalized("hint: Cgroup('nb06-ex1', cpu = 0.25)"), k) for k in keys)
+    assert not any(mentions(normalized("hint: cpu= is in CPUs (CFS bandwidth control)"), k) for k in keys)
+    shell = key_expressions('### BEGIN SOLUTION\nhog = "dd if=/dev/zero of=/dev/null bs=64M count=1"\n### END SOLUTION')
+    assert any(mentions(normalized("hint: dd bs=64M does"), k) for k in shell)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=names(NOTEBOOKS))
@@ -85,6 +192,10 @@ def test_build_writes_every_student_notebook(tmp_path) -> None:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
         assert nb.metadata["labkit"] == {"student_version": True, "solution": os.path.basename(path)}
+        checks = [c for c in nb.cells if exercises.check_number(c) is not None]
+        assert checks and all(c.metadata.get("editable") is False and c.metadata.get("deletable") is False
+                              for c in checks), "check cells are read-only (nbgrader's metadata)"
+        assert not any("editable" in c.metadata for c in nb.cells if c not in checks), "answer cells stay editable"
         for cell in nb.cells:
             assert exercises.BEGIN not in cell.source and exercises.END not in cell.source
             if cell.cell_type == "code":
@@ -168,7 +279,7 @@ def test_check_interrupts_a_cell_past_the_timeout_and_goes_on(tmp_path) -> None:
     nbformat.write(tiny_notebook("import time\ntime.sleep(60)",
                                  'def check_exercise_1() -> str:\n    return "passed"\nprint(f"exercise 1:", check_exercise_1())'),
                    str(path))
-    r = labkit_cli("check", "--timeout", "3", str(path), timeout=60)
+    r = labkit_cli("check", "--timeout", "3", "--solutions", str(tmp_path), str(path), timeout=60)
     # The interrupted cell is reported; the grade is the exercises' (all passed: exit 0).
     assert r.returncode == 0, r.stdout + r.stderr
     assert "exercise 1: passed" in r.stdout and "crashed: cell 0: KeyboardInterrupt" in r.stdout
@@ -182,6 +293,51 @@ def test_check_reports_a_solution_notebook_all_passed(no_leaks) -> None:
     assert r.stdout.strip().splitlines()[-1].startswith("2 of 2 exercises passed in 1 notebook(s)")
 
 
+def test_check_refuses_a_notebook_without_its_solution(tmp_path) -> None:
+    path = tmp_path / "mine.ipynb"
+    nbformat.write(tiny_notebook('print("exercise 1: passed")'), str(path))
+    r = labkit_cli("check", str(path))
+    assert r.returncode == 125 and "no solution notebook mine.ipynb" in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_solution_check_cells_replace_edited_and_deleted_ones() -> None:
+    solution = tiny_notebook("answer = 1", 'def check_exercise_1() -> str:\n    return "passed" if answer == 2 else "hint: x"\n'
+                             'print(f"exercise 1:", check_exercise_1())', "x = 1",
+                             'def check_exercise_2() -> str:\n    return "hint: y"\nprint(f"exercise 2:", check_exercise_2())')
+    student = nbformat.from_dict(solution)
+    student.cells[1].source = 'print("exercise 1: passed")'               # edited
+    del student.cells[3]                                                   # deleted
+    student.cells.append(nbformat.v4.new_code_cell('print("exercise 2: passed")'))
+    checks = exercises.with_solution_checks(student, solution)
+    assert checks == {solution.cells[1].id: 1, solution.cells[3].id: 2}
+    assert [c.source for c in student.cells] == [c.source for c in solution.cells] + ['print("exercise 2: passed")']
+    # Only the solution's check cells' own lines count: the student's extra cell printed "passed".
+    for cell, said in zip(student.cells, ["", "exercise 1: hint: x\n", "", "exercise 2: hint: y\n", "exercise 2: passed\n"]):
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=said)] if said else []
+    report = exercises.grade("t.ipynb", student, checks)
+    assert [(e.number, e.passed, e.hint) for e in report.exercises] == [(1, False, "x"), (2, False, "y")]
+
+
+def test_edited_check_cell_is_graded_failed(tmp_path, no_leaks) -> None:
+    """A student version whose check cells print "passed" by themselves: really run, still failed."""
+    path = os.path.join(REPO, "notebooks", "02-uts-and-ipc.ipynb")
+    student = os.path.join(str(tmp_path), os.path.basename(path))
+    exercises.build(str(tmp_path), [path])
+    nb = nbformat.read(student, as_version=4)
+    first, second = [i for i, c in enumerate(nb.cells) if exercises.check_number(c) is not None]
+    nb.cells[first].source = 'def check_exercise_1() -> str:\n    return "passed"\nprint("exercise 1: passed")'
+    nb.cells[second] = nbformat.v4.new_code_cell('print("exercise 2: passed")')   # a new cell in its place
+    nbformat.write(nb, student)
+    r = labkit_cli("check", "--json", student, timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    [report] = json.loads(r.stdout)["notebooks"]
+    assert [(e["exercise"], e["passed"]) for e in report["exercises"]] == [(1, False), (2, False)]
+    for e, (_, _, _, check) in zip(report["exercises"], exercises_of(path)):
+        assert re.fullmatch(".*".join(map(re.escape, hints_of(check, e["exercise"])[0][len("hint: "):].split("{}"))),
+                            e["hint"]), e
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=names(NOTEBOOKS))
 def test_student_notebook_runs_to_the_end_and_every_check_gives_its_hint(tmp_path, path: str, no_leaks) -> None:
     student = os.path.join(str(tmp_path), os.path.basename(path))
@@ -191,7 +347,9 @@ def test_student_notebook_runs_to_the_end_and_every_check_gives_its_hint(tmp_pat
     [report] = json.loads(r.stdout)["notebooks"]
     checks = sum("def check_exercise_" in c.source for c in nbformat.read(path, as_version=4).cells)
     assert [e["exercise"] for e in report["exercises"]] == list(range(1, checks + 1))
-    for e in report["exercises"]:
+    for e, (_, _, _, check) in zip(report["exercises"], exercises_of(path)):
         assert not e["passed"], f"exercise {e['exercise']} passes on the stub"
-        assert len(e["hint"]) > 20 and "did not finish" not in e["hint"], e
+        first = hints_of(check, e["exercise"])[0][len("hint: "):]
+        assert re.fullmatch(".*".join(map(re.escape, first.split("{}"))), e["hint"]), \
+            f"exercise {e['exercise']} left undone gives its first hint {first!r}, not {e['hint']!r}"
     assert report["crashed_cells"] == [], "the student version runs to the end"
