@@ -149,6 +149,16 @@ def test_no_hint_contains_the_solutions_key_expression(path: str) -> None:
     assert not leaks, "hints that give the answer: " + "; ".join(f"exercise {n}: {k!r} in {h!r}" for n, k, h in leaks)
 
 
+WHERE_TO_READ = re.compile(r"then see: |\w\(\d\)|\.rst|labkit/")   # a man page, a kernel document, labkit's API
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=names(NOTEBOOKS))
+def test_a_later_hint_points_to_the_man_page_or_api(path: str) -> None:
+    """The first hint names the concept; a later one says where to read."""
+    bare = [n for n, _, _, check in exercises_of(path) if not any(WHERE_TO_READ.search(h) for h in hints_of(check, n)[1:])]
+    assert not bare, f"exercises {bare}: no later hint names a man page, kernel document or labkit API"
+
+
 def test_key_expressions_catch_an_answer_in_a_hint() -> None:
     """The test above can fail: today's kind of hint is caught, a concept hint is not."""
     answer = '### BEGIN SOLUTION\nquarter = Cgroup("nb06-ex1", cpu=0.25)\n### END SOLUTION'
