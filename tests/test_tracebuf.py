@@ -64,7 +64,15 @@ def test_binary_pages_give_the_same_events_as_the_kernels_text(no_leaks):
     for text, raw in zip(both.text, both.raw):
         # The text prints microseconds, rounded: (ns + 500) / 1000 (kernel/trace/trace.c, ns2usecs).
         assert round(text.ts * 1e6) == (round(raw.ts * 1e9) + 500) // 1000, (text, raw)
-        assert (text.pid, text.name, text.fields) == (raw.pid, raw.name, raw.fields), (text, raw)
+        assert (text.pid, text.name) == (raw.pid, raw.name), (text, raw)
+        if raw.name == "sched_process_fork":
+            # Debian 12's 6.1 printed the parent as "comm= pid=N" in the text (an empty
+            # comm; the binary event held it: seen in the bookworm lab VM). labkit
+            # reads only the child's PID of this event.
+            assert (text.fields["child_pid"], text.fields["child_comm"]) == \
+                (raw.fields["child_pid"], raw.fields["child_comm"]), (text, raw)
+        else:
+            assert text.fields == raw.fields, (text, raw)
         assert text.values == raw.values
     assert both.again == []                         # trace_pipe_raw consumes what it hands out
 
