@@ -251,13 +251,14 @@ class Record:
 
     def checks(self, trace: "Trace") -> list[str]:
         """The events of this call, in words, but the checks that deny nothing."""
-        return [describe(e, trace) for e in self.events if _quiet(self, e) is None]
+        deciding = self.deciding_event()
+        return [describe(e, trace) for e in self.events if _quiet(self, e, deciding) is None]
 
     def quiet_checks(self, trace: "Trace") -> list[dict[str, str]]:
         """Capability checks of this call that decide nothing, each with why it happens."""
-        found = []
+        found, deciding = [], self.deciding_event()
         for e in self.events:
-            why = _quiet(self, e)
+            why = _quiet(self, e, deciding)
             if why is not None:
                 found.append({"check": describe(e, trace), "why": why.why, "source": why.source})
         return found
@@ -290,11 +291,12 @@ class Record:
                 for c in checks.order(self.syscall) if self.errno in c.denies_with]
 
 
-def _quiet(rec: Record, e: Event) -> "checks.Quiet | None":
-    """checks.Quiet when ``e`` is a capability check that decides nothing in ``rec``."""
+def _quiet(rec: Record, e: Event, deciding: Event | None) -> "checks.Quiet | None":
+    """checks.Quiet when ``e`` is a capability check that decides nothing in ``rec``
+    (``deciding``: rec.deciding_event(), read once a record by the callers)."""
     from . import checks
 
-    if e.name != "cap_capable" or e is rec.deciding_event():
+    if e.name != "cap_capable" or e is deciding:
         return None
     cap = int(e.fields.get("cap", -1))
     if not 0 <= cap < len(CAPABILITIES):
