@@ -38,7 +38,7 @@ STUB = "..."
 # What a check cell prints, one line per exercise (the notebooks' convention).
 RESULT_LINE = re.compile(r"^exercise (\d+): (passed|hint: .*)$", re.MULTILINE)
 CHECK_FUNCTION = re.compile(r"^def check_exercise_(\d+)\(", re.MULTILINE)
-EXPECTED_ERROR = "NBVAL_RAISES_EXCEPTION"       # a cell that raises on purpose (nbval's mark)
+EXPECTED_ERROR = "raises-exception"  # the tag of a cell that raises on purpose (nbclient and nbval honour it)
 LOCKED = {"editable": False, "deletable": False}  # the cell metadata nbgrader writes, JupyterLab honours
 
 
@@ -161,7 +161,7 @@ def _texts_of(cell: nbformat.NotebookNode) -> list[str]:
 
 
 def _expects_error(cell: nbformat.NotebookNode) -> bool:
-    return EXPECTED_ERROR in cell.source or "raises-exception" in cell.metadata.get("tags", [])
+    return EXPECTED_ERROR in cell.metadata.get("tags", [])
 
 
 def grade(path: str, nb: nbformat.NotebookNode, checks: dict[str, int] | None = None) -> Report:

@@ -258,9 +258,10 @@ def test_check_refuses_a_bad_timeout() -> None:
 # --- check: grading ---------------------------------------------------------------------------
 
 def test_grade_reads_results_crashes_and_silent_checks() -> None:
-    nb = tiny_notebook("# NBVAL_RAISES_EXCEPTION\n1/0", "x",
+    nb = tiny_notebook("1/0", "x",
                        'def check_exercise_1() -> str:\n    return "passed"\nprint(f"exercise 1:", check_exercise_1())',
                        'def check_exercise_2() -> str:\n    return x\nprint(f"exercise 2:", check_exercise_2())')
+    nb.cells[0].metadata["tags"] = ["raises-exception"]
     error = nbformat.v4.new_output("error", ename="NameError", evalue="name 'x' is not defined", traceback=[])
     nb.cells[0].outputs = [nbformat.v4.new_output("error", ename="ZeroDivisionError", evalue="", traceback=[])]
     nb.cells[1].outputs = [error]
