@@ -31,7 +31,7 @@ examples:
   labkit ps                                      the named containers that run
   labkit cleanup                                 remove whatever labkit left behind
   labkit exercises build handout/                the student notebooks to hand out
-  labkit check submissions/*/*.ipynb             grade them: each exercise passed or its hint
+  labkit check submissions/                      grade a class: a row per student (submissions/NAME/*.ipynb)
 """
 
 # The namespaces --ns knows, and the default (DESIGN.md): container.py composes them.
@@ -110,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex_build.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
                           help="solution notebooks (default: every notebooks/NN-*.ipynb)")
     check = sub.add_parser("check", help="run notebooks headlessly and report each exercise passed or failed")
-    check.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="the notebooks to run and grade")
-    check.add_argument("--json", action="store_true", help="print one JSON document (for a gradebook)")
+    check.add_argument("paths", nargs="+", metavar="PATH",
+                       help="notebooks, a student's folder of notebooks, or a class folder (a subfolder per student)")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON document, students -> notebooks -> exercises (for a gradebook)")
     check.add_argument("--solutions", default=None, metavar="DIR",
                        help="the solution notebooks whose check cells grade (default: this checkout's notebooks/)")
     check.add_argument("--timeout", type=int, default=300, metavar="SECONDS",
@@ -407,8 +409,10 @@ def cmd_exercises_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """`labkit check NOTEBOOK...`: exit 0 when every exercise passed, 1 when any failed."""
+    """`labkit check PATH...`: a table, a row per student, a column per exercise;
+    exit 0 when every exercise passed, 1 when any failed. Progress goes to stderr."""
     import json
+    import time
 
     from . import exercises
 
@@ -417,19 +421,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     solutions = args.solutions or NOTEBOOK_DIR
     if not os.path.isdir(solutions):
         raise UsageError(f"--solutions {solutions} is not a directory", "give the folder of the solution notebooks")
-    for path in args.notebooks:                         # bad input is refused before anything runs
-        exercises.read_notebook(exercises.solution_for(path, exercises.read_notebook(path), solutions))
-    reports = []
-    for path in args.notebooks:
-        reports.append(exercises.run(path, solutions, timeout=args.timeout))
-        if not args.json:
-            print(exercises.format_report(reports[-1]), flush=True)
+    # Bad input is refused before anything runs.
+    subs, skipped = exercises.gradable(exercises.submissions(args.paths), solutions)
+    for why in skipped:
+        print(f"labkit check: skipped {why}", file=sys.stderr)
+    graded = []
+    for n, sub in enumerate(subs, 1):
+        print(f"labkit check: [{n}/{len(subs)}] {sub.student}: {sub.path} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        report = exercises.run(sub.path, solutions, timeout=args.timeout)
+        done = sum(e.passed for e in report.exercises)
+        print(f"labkit check: [{n}/{len(subs)}] {done} of {len(report.exercises)} passed "
+              f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+        graded.append((sub, report))
     if args.json:
-        print(json.dumps({"notebooks": [r.as_dict() for r in reports],
-                          "summary": exercises.summary(reports)}, indent=2))
+        print(json.dumps(exercises.gradebook(graded), indent=2, ensure_ascii=False))
     else:
-        print(exercises.summary(reports))
-    return 0 if all(r.passed for r in reports) else 1
+        print(exercises.format_table(graded))
+        print(exercises.summary([r for _, r in graded]))
+    return 0 if all(r.passed for _, r in graded) else 1
 
 
 # The repository's solution notebooks (labkit is installed editable from the checkout).

@@ -16,6 +16,12 @@ kernel and prints ``exercise N: passed`` or ``exercise N: hint: ...``.
   broken cell does not hide the other exercises and the cleanup cells still
   run, a timeout per cell). Only what the solution's check cells printed
   counts: a line ``exercise N: passed`` printed by any other cell does not.
+- ``fill_answers()`` is ``build``'s inverse for the answers: a student version
+  with the solution's answer cells put back by cell id has, in every code cell,
+  the solution's source (what nbval runs over the solution notebooks).
+- A class: ``submissions()`` finds the notebooks of each student (a class folder
+  has a subfolder per student), ``format_table()`` prints a row per student and
+  a column per exercise (NN.exK), ``gradebook()`` is the same as JSON.
 
 nbformat and nbclient are imported here only: the ``labkit run`` path never
 imports this module.
@@ -56,13 +62,20 @@ class Report:
     path: str
     exercises: list[Exercise] = field(default_factory=list)
     crashed: list[str] = field(default_factory=list)
+    solution: str = ""                               # the solution notebook's file name, when known
+
+    @property
+    def prefix(self) -> str:
+        """The notebook's number, "02" of 02-uts-and-ipc.ipynb: a gradebook column is NN.exK."""
+        return os.path.splitext(os.path.basename(self.solution or self.path))[0].split("-")[0]
 
     @property
     def passed(self) -> bool:
         return bool(self.exercises) and all(e.passed for e in self.exercises)
 
     def as_dict(self) -> dict:
-        return {"notebook": self.path, "passed": self.passed, "crashed_cells": self.crashed,
+        return {"notebook": self.path, "solution": self.solution, "passed": self.passed,
+                "crashed_cells": self.crashed,
                 "exercises": [{"exercise": e.number, "passed": e.passed, "hint": e.hint}
                               for e in self.exercises]}
 
@@ -227,6 +240,19 @@ def with_solution_checks(nb: nbformat.NotebookNode, solution: nbformat.NotebookN
     return checks
 
 
+def fill_answers(nb: nbformat.NotebookNode, solution: nbformat.NotebookNode) -> int:
+    """Put the solution's answer cells (those with ``### BEGIN SOLUTION``) back
+    into the student version ``nb``, matched by cell id: with every answer
+    filled, each code cell's source is the solution's again. Returns how many."""
+    answers = {c.id: c.source for c in solution.cells if c.cell_type == "code" and BEGIN in c.source}
+    filled = 0
+    for cell in nb.cells:
+        if cell.get("id") in answers:
+            cell.source = answers[cell.id]
+            filled += 1
+    return filled
+
+
 def run(path: str, solutions: str, timeout: int = 300) -> Report:
     """Execute the notebook at ``path`` with its solution's check cells (from
     the folder ``solutions``) in a fresh kernel, in the notebook's folder, and grade it."""
@@ -234,20 +260,23 @@ def run(path: str, solutions: str, timeout: int = 300) -> Report:
     from traitlets.config import Config
 
     nb = read_notebook(path)
-    checks = with_solution_checks(nb, read_notebook(solution_for(path, nb, solutions)))
+    solution = solution_for(path, nb, solutions)
+    checks = with_solution_checks(nb, read_notebook(solution))
     # The kernel runs as root: talk to it over Unix sockets in a private folder, not TCP.
     with tempfile.TemporaryDirectory(prefix="labkit-check-") as sockets:
         config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
         client = NotebookClient(nb, config=config, kernel_name="python3", timeout=timeout,
                                 allow_errors=True, interrupt_on_timeout=True,
                                 resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}})
+        stopped = ""
         try:
             client.execute()                         # starts the kernel, runs every cell, shuts it down
         except Exception as e:                       # the kernel died or could not start
-            report = grade(path, nb, checks)
-            report.crashed.append(f"the kernel stopped: {type(e).__name__}: {e}".splitlines()[0])
-            return report
-    return grade(path, nb, checks)
+            stopped = f"the kernel stopped: {type(e).__name__}: {e}".splitlines()[0]
+    report = grade(path, nb, checks)
+    report.solution = os.path.basename(solution)
+    report.crashed += [stopped] if stopped else []
+    return report
 
 
 def format_report(report: Report) -> str:
@@ -267,3 +296,115 @@ def summary(reports: list[Report]) -> str:
     done = sum(e.passed for e in exercises)
     return (f"{done} of {len(exercises)} exercises passed in {len(reports)} notebook(s); "
             f"{sum(r.passed for r in reports)} notebook(s) complete")
+
+
+# --- a class: folders of submissions, one table ---------------------------------------------
+
+@dataclass
+class Submission:
+    """One notebook to grade and whose it is (the name of the folder it is in)."""
+
+    student: str
+    path: str
+    found_in_folder: bool = False                    # not named on the command line
+
+
+def _notebooks_in(folder: str) -> list[str]:
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                  if n.endswith(".ipynb") and not n.startswith(".") and os.path.isfile(os.path.join(folder, n)))
+
+
+def submissions(paths: list[str]) -> list[Submission]:
+    """What ``labkit check PATH...`` grades. A PATH is a notebook (its student is
+    its folder's name), one student's folder (it holds notebooks), or a class
+    folder (each subfolder that holds notebooks is a student)."""
+    found: list[Submission] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            found.append(Submission(os.path.basename(os.path.dirname(os.path.abspath(path))), path))
+            continue
+        subfolders = sorted(os.path.join(path, n) for n in os.listdir(path)
+                            if not n.startswith(".") and os.path.isdir(os.path.join(path, n)))
+        folders = [path] if _notebooks_in(path) else subfolders
+        mine = [Submission(os.path.basename(os.path.abspath(f)), nb, True) for f in folders for nb in _notebooks_in(f)]
+        if not mine:
+            raise UsageError(f"{path}: no notebook in it nor in its subfolders",
+                             "give a class folder (a subfolder per student), a student's folder or notebooks")
+        found += mine
+    return found
+
+
+def gradable(subs: list[Submission], solutions: str) -> tuple[list[Submission], list[str]]:
+    """Refuse bad input before anything runs (a file that is not a notebook, a
+    notebook named on the command line without its solution); leave out, and
+    say why, a notebook found in a folder that has no solution (a student's
+    Untitled.ipynb)."""
+    kept, skipped = [], []
+    for sub in subs:
+        nb = read_notebook(sub.path)
+        try:
+            read_notebook(solution_for(sub.path, nb, solutions))
+        except UsageError as e:
+            if not sub.found_in_folder:
+                raise
+            skipped.append(e.message)
+            continue
+        kept.append(sub)
+    return kept, skipped
+
+
+def by_student(graded: list[tuple[Submission, Report]]) -> dict[str, list[Report]]:
+    students: dict[str, list[Report]] = {}
+    for sub, report in graded:
+        students.setdefault(sub.student, []).append(report)
+    return students
+
+
+def columns(reports: list[Report]) -> list[str]:
+    """The gradebook's columns, NN.exK, over every notebook graded."""
+    return sorted({f"{r.prefix}.ex{e.number}" for r in reports for e in r.exercises})
+
+
+def marks(reports: list[Report]) -> dict[str, bool]:
+    return {f"{r.prefix}.ex{e.number}": e.passed for r in reports for e in r.exercises}
+
+
+PASS, FAIL, MISSING = "\u2713", "\u2717", "-"
+HINT_WIDTH = 110                                     # a failure's hint, shortened to one line
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= HINT_WIDTH else text[: HINT_WIDTH - 1] + "\u2026"
+
+
+def format_table(graded: list[tuple[Submission, Report]]) -> str:
+    """A row per student, a column per exercise (NN.exK: ✓ or ✗, - when not
+    handed in), the student's total; below, each failure's hint and each crash."""
+    students = by_student(graded)
+    cols = columns([r for _, r in graded])
+    width = max([len("student"), *map(len, students)])
+    lines = ["  ".join(["student".ljust(width), *cols, "total"])]
+    for student, reports in students.items():
+        got = marks(reports)
+        cells = [(PASS if got[c] else FAIL) if c in got else MISSING for c in cols]
+        lines.append("  ".join([student.ljust(width), *(m.center(len(c)) for m, c in zip(cells, cols)),
+                                f"{sum(got.values())}/{len(cols)}"]))
+    notes = []
+    for student, reports in students.items():
+        for r in reports:
+            notes += [f"{student} {r.prefix}.ex{e.number}: {_short(e.hint)}" for e in r.exercises if not e.passed]
+            notes += [f"{student} {os.path.basename(r.path)}: crashed: {_short(c)}" for c in r.crashed]
+            if not r.exercises:
+                notes.append(f"{student} {os.path.basename(r.path)}: no exercise found")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def gradebook(graded: list[tuple[Submission, Report]]) -> dict:
+    """What ``labkit check --json`` prints: students -> notebooks -> exercises."""
+    cols = columns([r for _, r in graded])
+    return {"columns": cols,
+            "students": {student: {"passed": sum(marks(reports).values()), "exercises": len(cols),
+                                   "notebooks": [r.as_dict() for r in reports]}
+                         for student, reports in by_student(graded).items()},
+            "summary": summary([r for _, r in graded])}

@@ -109,6 +109,13 @@ def hints_of(check: str, number: int) -> list[str]:
     return [text for _, text in sorted(hints) if text.startswith("hint: ")]
 
 
+def only_report(stdout: str) -> dict:
+    """The one notebook's report in `labkit check --json`'s output of one notebook."""
+    [student] = json.loads(stdout)["students"].values()
+    [report] = student["notebooks"]
+    return report
+
+
 def tiny_notebook(*sources: str) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -293,14 +300,16 @@ def test_check_interrupts_a_cell_past_the_timeout_and_goes_on(tmp_path) -> None:
     r = labkit_cli("check", "--timeout", "3", "--solutions", str(tmp_path), str(path), timeout=60)
     # The interrupted cell is reported; the grade is the exercises' (all passed: exit 0).
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "exercise 1: passed" in r.stdout and "crashed: cell 0: KeyboardInterrupt" in r.stdout
+    assert r.stdout.splitlines()[1].split()[1:] == [exercises.PASS, "1/1"], r.stdout
+    assert "slow.ipynb: crashed: cell 0: KeyboardInterrupt" in r.stdout
 
 
 def test_check_reports_a_solution_notebook_all_passed(no_leaks) -> None:
     path = os.path.join(REPO, "notebooks", "02-uts-and-ipc.ipynb")
     r = labkit_cli("check", path, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "exercise 1: passed" in r.stdout and "exercise 2: passed" in r.stdout
+    assert r.stdout.splitlines()[:2] == ["student    02.ex1  02.ex2  total",
+                                         f"notebooks    {exercises.PASS}       {exercises.PASS}     2/2"], r.stdout
     assert r.stdout.strip().splitlines()[-1].startswith("2 of 2 exercises passed in 1 notebook(s)")
 
 
@@ -342,7 +351,7 @@ def test_edited_check_cell_is_graded_failed(tmp_path, no_leaks) -> None:
     nbformat.write(nb, student)
     r = labkit_cli("check", "--json", student, timeout=600)
     assert r.returncode == 1, r.stdout + r.stderr
-    [report] = json.loads(r.stdout)["notebooks"]
+    report = only_report(r.stdout)
     assert [(e["exercise"], e["passed"]) for e in report["exercises"]] == [(1, False), (2, False)]
     for e, (_, _, _, check) in zip(report["exercises"], exercises_of(path)):
         assert re.fullmatch(".*".join(map(re.escape, hints_of(check, e["exercise"])[0][len("hint: "):].split("{}"))),
@@ -355,7 +364,7 @@ def test_student_notebook_runs_to_the_end_and_every_check_gives_its_hint(tmp_pat
     exercises.build(str(tmp_path), [path])
     r = labkit_cli("check", "--json", student, timeout=1200)
     assert r.returncode == 1, r.stdout + r.stderr
-    [report] = json.loads(r.stdout)["notebooks"]
+    report = only_report(r.stdout)
     checks = sum("def check_exercise_" in c.source for c in nbformat.read(path, as_version=4).cells)
     assert [e["exercise"] for e in report["exercises"]] == list(range(1, checks + 1))
     for e, (_, _, _, check) in zip(report["exercises"], exercises_of(path)):
@@ -364,3 +373,121 @@ def test_student_notebook_runs_to_the_end_and_every_check_gives_its_hint(tmp_pat
         assert re.fullmatch(".*".join(map(re.escape, first.split("{}"))), e["hint"]), \
             f"exercise {e['exercise']} left undone gives its first hint {first!r}, not {e['hint']!r}"
     assert report["crashed_cells"] == [], "the student version runs to the end"
+
+
+# --- student versions with their answers filled are the solution notebooks -----------------
+
+def filled_student_version(tmp_path, path: str) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode, int]:
+    """(the student version of ``path`` built by `labkit exercises build`, the same with its
+    answers filled from the solution by cell id, how many answers were filled)."""
+    exercises.build(str(tmp_path), [path])
+    student = nbformat.read(os.path.join(str(tmp_path), os.path.basename(path)), as_version=4)
+    filled = nbformat.from_dict(student)
+    return student, filled, exercises.fill_answers(filled, nbformat.read(path, as_version=4))
+
+
+def code_cells(nb: nbformat.NotebookNode) -> list[tuple[str, str, list[str]]]:
+    """(id, source, tags) of each code cell: what nbval runs and how it judges each."""
+    return [(c.id, c.source, c.metadata.get("tags", [])) for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=names(NOTEBOOKS))
+def test_a_student_version_with_its_answers_filled_is_the_solution(tmp_path, path: str) -> None:
+    """Every code cell's id, source and tags are the solution's again, in order, and so is
+    every markdown cell: nbval over the solution notebooks runs these very cells."""
+    solution = nbformat.read(path, as_version=4)
+    student, filled, count = filled_student_version(tmp_path, path)
+    assert count == len(exercises_of(path)) >= 2
+    assert code_cells(student) != code_cells(solution), "the student version has its answers stubbed"
+    assert code_cells(filled) == code_cells(solution)
+    assert [(c.cell_type, c.source) for c in filled.cells] == [(c.cell_type, c.source) for c in solution.cells]
+
+
+def nbval(path: str) -> "subprocess.CompletedProcess[str]":
+    """nbval strict (--nbval, as ./lab test runs it) over one notebook, in its folder."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
+                           "--nbval-current-env", "--nbval-sanitize-with",
+                           os.path.join(REPO, "notebooks", "nbval-sanitize.cfg"), path],
+                          cwd=os.path.dirname(path), capture_output=True, text=True, timeout=600)
+
+
+def with_outputs_of(nb: nbformat.NotebookNode, solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """``nb`` with the solution's saved outputs, by cell id: what nbval compares each cell's run with."""
+    saved = {c.id: c for c in solution.cells if c.cell_type == "code"}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = saved[cell.id].outputs, saved[cell.id].execution_count
+    return nb
+
+
+def test_a_filled_student_version_passes_nbval_strict_and_a_stubbed_one_does_not(tmp_path, no_leaks) -> None:
+    """Really run: the student version of 02 (locked check cells, the student's metadata), its
+    answers filled, reproduces the solution's saved outputs under nbval strict. The same
+    notebook with its answers left as stubs fails: nbval does compare what these cells print."""
+    path = os.path.join(REPO, "notebooks", "02-uts-and-ipc.ipynb")
+    solution = nbformat.read(path, as_version=4)
+    student, filled, _ = filled_student_version(tmp_path / "built", path)
+    os.makedirs(tmp_path / "filled")
+    os.makedirs(tmp_path / "stubbed")
+    nbformat.write(with_outputs_of(filled, solution), str(tmp_path / "filled" / os.path.basename(path)))
+    nbformat.write(with_outputs_of(student, solution), str(tmp_path / "stubbed" / os.path.basename(path)))
+    good = nbval(str(tmp_path / "filled" / os.path.basename(path)))
+    assert good.returncode == 0 and " passed" in good.stdout and "failed" not in good.stdout, good.stdout[-3000:]
+    bad = nbval(str(tmp_path / "stubbed" / os.path.basename(path)))
+    assert bad.returncode == 1 and " failed" in bad.stdout, bad.stdout[-3000:]
+
+
+# --- check: a class folder ------------------------------------------------------------------
+
+def test_check_refuses_a_folder_without_notebooks(tmp_path) -> None:
+    (tmp_path / "class" / "alice").mkdir(parents=True)
+    r = labkit_cli("check", str(tmp_path / "class"))
+    assert r.returncode == 125 and "no notebook in it nor in its subfolders" in r.stderr
+    assert r.stdout == "" and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_check_grades_a_class_folder_table_and_json(tmp_path, no_leaks) -> None:
+    """submissions/alice has 02 done (answers filled from the solution) and a scratch
+    Untitled.ipynb, submissions/bob has 02 as handed out. Really run, each from a clean kernel."""
+    path = os.path.join(REPO, "notebooks", "02-uts-and-ipc.ipynb")
+    name = os.path.basename(path)
+    _, filled, _ = filled_student_version(tmp_path / "submissions" / "bob", path)
+    os.makedirs(tmp_path / "submissions" / "alice")
+    nbformat.write(filled, str(tmp_path / "submissions" / "alice" / name))
+    nbformat.write(nbformat.v4.new_notebook(), str(tmp_path / "submissions" / "alice" / "Untitled.ipynb"))
+    first = [hints_of(check, n)[0][len("hint: "):] for n, _, _, check in exercises_of(path)]
+
+    r = labkit_cli("check", str(tmp_path / "submissions"), timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    P, F = exercises.PASS, exercises.FAIL
+    lines = r.stdout.splitlines()
+    assert lines[:4] == ["student  02.ex1  02.ex2  total",
+                         f"alice      {P}       {P}     2/2",
+                         f"bob        {F}       {F}     0/2", ""], r.stdout
+    for n, (line, hint) in enumerate(zip(lines[4:6], first), 1):
+        assert line.startswith(f"bob 02.ex{n}: ") and re.fullmatch(
+            ".*".join(map(re.escape, hint.split("{}"))), line[len(f"bob 02.ex{n}: "):]), (line, hint)
+    assert lines[6:] == ["2 of 4 exercises passed in 2 notebook(s); 1 notebook(s) complete"], r.stdout
+    assert "skipped" in r.stderr and "Untitled.ipynb" in r.stderr
+    assert "[1/2] alice:" in r.stderr and "[2/2] bob:" in r.stderr and "[2/2] 0 of 2 passed" in r.stderr
+
+    r = labkit_cli("check", "--json", str(tmp_path / "submissions"), timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    book = json.loads(r.stdout)
+    assert book["columns"] == ["02.ex1", "02.ex2"]
+    assert list(book["students"]) == ["alice", "bob"]
+    for student, passed in (("alice", True), ("bob", False)):
+        got = book["students"][student]
+        assert (got["passed"], got["exercises"]) == ((2 if passed else 0), 2)
+        [report] = got["notebooks"]
+        assert report["notebook"] == str(tmp_path / "submissions" / student / name)
+        assert report["solution"] == name and report["crashed_cells"] == []
+        assert [(e["exercise"], e["passed"]) for e in report["exercises"]] == [(1, passed), (2, passed)]
+        assert all(bool(e["hint"]) != passed for e in report["exercises"])
+
+    # One student's folder is graded as that student; all passed is exit 0.
+    r = labkit_cli("check", str(tmp_path / "submissions" / "alice"), timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[1] == f"alice      {P}       {P}     2/2"
