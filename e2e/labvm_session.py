@@ -2,9 +2,10 @@
 
 scripts/labvm.py run boots the image under qemu with this checkout at /labkit
 and the host's 127.0.0.1:PORT forwarded to the VM's 8888 (the labkit-jupyter
-service). The job it runs is e2e/vm-job.sh: it serves a tmpfs copy of the
-notebooks, prints the login URL, and waits for the file ``e2e-done`` that
-``LabVM.finish`` creates through the Jupyter contents API.
+service). The job it runs is e2e/vm-job.sh: it serves the handouts (the student
+versions) of this checkout's notebooks from a tmpfs, prints the login URL, and
+waits for the file ``e2e-done`` that ``LabVM.finish`` creates through the
+Jupyter contents API.
 
 qemu is labvm.py's child. To end the VM early, SIGKILL qemu (its disks are in
 snapshot mode: nothing persists) and let labvm.py remove its run directory; the

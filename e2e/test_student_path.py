@@ -3,8 +3,13 @@
 The lab VM boots (scripts/labvm.py run, qemu); its labkit-jupyter service answers
 on the forwarded port; a headless Chromium on the host (Debian's chromium, driven
 by Playwright with executable_path: no browser is downloaded) logs in with the
-token, opens notebook 08, clears its saved outputs and runs all its cells from the
-Run menu, as a student would. Then:
+token, opens notebook 08 as the service serves it (the handout: the student
+version that `labkit exercises build` writes), clears its outputs and runs all its
+cells from the Run menu, as a student would. Then:
+
+- the file browser holds the handouts only, no solution: every notebook the server
+  lists is a student version (labkit's metadata, no ``### BEGIN SOLUTION``), its
+  check cells locked, and nothing else of notebooks/ is there;
 
 - every code cell ran, in order, in this kernel (execution counts 1..N);
 - no cell shows an error or anything on stderr, except cells tagged
@@ -171,6 +176,21 @@ def expected_to_raise(vm: LabVM) -> list[bool]:
             for c in nb["cells"] if c["cell_type"] == "code"]
 
 
+def assert_serves_handouts_only(vm: LabVM) -> None:
+    """The server's root lists the numbered notebooks of the checkout, each a student
+    version with locked check cells, and nothing else: no solution in the student's view."""
+    listed = sorted(item["name"] for item in vm.api("GET", "/api/contents/")["content"])
+    numbered = sorted(n for n in os.listdir(os.path.join(REPO, "notebooks")) if n[:2].isdigit() and n.endswith(".ipynb"))
+    assert listed == numbered, f"the file browser shows {listed}, not the handouts {numbered}"
+    for name in listed:
+        nb = vm.api("GET", f"/api/contents/{name}?content=1")["content"]
+        assert nb["metadata"].get("labkit", {}).get("student_version") is True, f"{name} is not a student version"
+        sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in nb["cells"]]
+        assert not any("### BEGIN SOLUTION" in s for s in sources), f"{name} holds a solution"
+        checks = [c for c, s in zip(nb["cells"], sources) if "def check_exercise_" in s]
+        assert checks and all(c["metadata"].get("editable") is False for c in checks), f"{name}: check cells not locked"
+
+
 class Player:
     """The step-through widget of trace_steps.player: Play, the slider, its readout, its figure."""
 
@@ -206,8 +226,9 @@ class Player:
 
 def test_notebook_08_runs_clean_and_its_player_moves(lab_vm: LabVM, page: Page) -> None:
     vm = lab_vm
-    timing("VM start -> login URL (boot, notebooks copied, service restarted)", vm.wait_url(BOOT_TIMEOUT))
+    timing("VM start -> login URL (boot, handouts built, service restarted)", vm.wait_url(BOOT_TIMEOUT))
     timing("VM start -> labkit-jupyter answers on the forwarded port", vm.wait_service(SERVICE_TIMEOUT))
+    assert_serves_handouts_only(vm)
 
     # The student's path: the URL with the token, the notebook from the file browser's tree.
     t = time.monotonic()
@@ -272,11 +293,11 @@ def test_notebook_08_runs_clean_and_its_player_moves(lab_vm: LabVM, page: Page) 
     page.screenshot(path=shot)
     print(f"e2e: screenshot: {shot}", file=sys.stderr)
 
-    # The run wrote only into the VM's tmpfs copy: the marker made through the server is
-    # not in the checkout, the job still sees the copy mounted, and the VM ends cleanly.
+    # The run wrote only into the VM's tmpfs handouts: the marker made through the server is
+    # not in the checkout, the job still sees the handouts mounted, and the VM ends cleanly.
     status = vm.finish(POWEROFF_TIMEOUT)
     assert not os.path.exists(os.path.join(REPO, "notebooks", DONE_MARKER)), \
-        "the Jupyter server wrote into the checkout's notebooks/: the tmpfs copy was not in place"
+        "the Jupyter server wrote into the checkout's notebooks/, not into the handouts"
     assert status == 0, f"the VM job exited {status}; its output ends with:\n{vm.output()}"
-    assert any("labkit-e2e: done; notebooks still on tmpfs" in line for line in vm.lines), vm.output()
+    assert any("labkit-e2e: done; handouts still on tmpfs" in line for line in vm.lines), vm.output()
     timing("whole test (VM start -> powered off)", time.monotonic() - vm.started)

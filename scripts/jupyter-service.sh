@@ -5,10 +5,19 @@
 # "jupyter-service: nothing changed".
 #
 #   /var/lib/labkit/jupyter.env               JUPYTER_TOKEN=... (generated once, mode 0600)
+#   /srv/labkit/handouts/NN-*.ipynb            the student versions JupyterLab opens on
 #   /etc/systemd/system/labkit-jupyter.service the unit (root: the notebooks make namespaces)
 #   /usr/local/sbin/labkit-token               prints the login URL with the token
 #
-# Environment: LABKIT_VENV (default .venv in the repository), LABKIT_JUPYTER_IP
+# The handouts are `labkit exercises build`'s student versions of notebooks/
+# (answers stubbed, check cells locked): JupyterLab's root is that folder, so
+# the solutions are not in the student's file browser. A handout is built only
+# when it is missing: running this again never overwrites a student's work.
+# The solutions stay in the repository's notebooks/, where `labkit check` reads
+# them (its default --solutions).
+#
+# Environment: LABKIT_HANDOUTS (default /srv/labkit/handouts), LABKIT_VENV
+# (default .venv in the repository), LABKIT_JUPYTER_IP
 # (default 127.0.0.1; the lab VM uses 0.0.0.0 because its NAT port forward, bound
 # to the host's 127.0.0.1, arrives on the VM's own interface), LABKIT_JUPYTER_PORT
 # (default 8888).
@@ -16,6 +25,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${LABKIT_VENV:-$repo/.venv}
+handouts=${LABKIT_HANDOUTS:-/srv/labkit/handouts}
 ip=${LABKIT_JUPYTER_IP:-127.0.0.1}
 port=${LABKIT_JUPYTER_PORT:-8888}
 state=/var/lib/labkit
@@ -46,9 +56,19 @@ if [ ! -s "$state/jupyter.env" ]; then
     changed+=("$state/jupyter.env")
 fi
 
+# The student versions of the notebooks that have none yet in $handouts.
+missing=()
+for notebook in "$repo"/notebooks/[0-9][0-9]-*.ipynb; do
+    [ -e "$handouts/${notebook##*/}" ] || missing+=("$notebook")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    "$venv/bin/labkit" exercises build "$handouts" "${missing[@]}" >/dev/null
+    changed+=("$handouts (${#missing[@]} handouts built)")
+fi
+
 put 644 "/etc/systemd/system/$unit" <<EOF
 [Unit]
-Description=labkit JupyterLab on $ip:$port (notebooks in $repo/notebooks)
+Description=labkit JupyterLab on $ip:$port (the handouts in $handouts)
 After=network.target local-fs.target remote-fs.target
 # Keep retrying while the repository's shared folder is not mounted yet.
 StartLimitIntervalSec=0
@@ -56,7 +76,8 @@ StartLimitIntervalSec=0
 [Service]
 EnvironmentFile=$state/jupyter.env
 Environment=LABKIT_VENV=$venv
-ExecStart=$venv/bin/jupyter lab --allow-root --no-browser --ip $ip --port $port --ServerApp.root_dir=$repo/notebooks
+WorkingDirectory=$handouts
+ExecStart=$venv/bin/jupyter lab --allow-root --no-browser --ip $ip --port $port --ServerApp.root_dir=$handouts
 Restart=always
 RestartSec=5
 

@@ -17,6 +17,7 @@ it (pid_namespaces(7)).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,9 +28,10 @@ import time
 import urllib.error
 import urllib.request
 
+import nbformat
 import pytest
 
-from labkit import kernel, spawn
+from labkit import exercises, kernel, spawn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("LABKIT_DEBOOTSTRAP_CACHE", "/var/cache/labkit/debootstrap")
@@ -256,6 +258,7 @@ def test_provisioning_a_fresh_debian_twice_changes_nothing_the_second_time(fresh
     assert "setup: installing Debian packages" in out1
     assert "setup: installing the Python packages" in out1
     assert "provision: changed /etc/profile.d/labkit.sh" in out1
+    assert f"jupyter-service: changed {HANDOUTS} ({len(NUMBERED)} handouts built)" in out1
 
     before = tree_state(fresh_root)
     second = run_contained(provision, FreshRoot(fresh_root, binds), timeout=300)
@@ -278,7 +281,10 @@ def test_provisioning_a_fresh_debian_twice_changes_nothing_the_second_time(fresh
     assert token
     with open(f"{fresh_root}/etc/systemd/system/labkit-jupyter.service") as f:
         unit = f.read()
-    assert "ExecStart=/opt/labkit/venv/bin/jupyter lab --allow-root --no-browser --ip 0.0.0.0 --port 8888" in unit
+    assert ("ExecStart=/opt/labkit/venv/bin/jupyter lab --allow-root --no-browser --ip 0.0.0.0 --port 8888 "
+            f"--ServerApp.root_dir={HANDOUTS}\n") in unit
+    assert f"WorkingDirectory={HANDOUTS}\n" in unit
+    assert_handouts(fresh_root + HANDOUTS, NUMBERED)
     check = run_contained(["/bin/bash", "-c",
                            "set -e; labkit-token; visudo -cf /etc/sudoers.d/labkit; "
                            "systemd-analyze verify /etc/systemd/system/labkit-jupyter.service; "
@@ -305,7 +311,37 @@ def test_provisioning_a_fresh_debian_twice_changes_nothing_the_second_time(fresh
         assert http_code(f"{status}?token={token.group(1)}", server) == 200
         assert http_code(status, server) == 403
         assert http_code(f"{status}?token=not-the-token", server) == 403
+        # The file browser's root is the handouts: the solutions are not in it.
+        with NO_PROXY.open(f"http://127.0.0.1:{port}/api/contents/?token={token.group(1)}", timeout=30) as r:
+            assert sorted(i["name"] for i in json.load(r)["content"]) == NUMBERED
     assert_namespace_gone(mnt)
+
+    # Running it again never overwrites a student's work: an edited handout is kept, a
+    # deleted one is built again, and only that one.
+    edited, deleted = (f"{fresh_root}{HANDOUTS}/{name}" for name in NUMBERED[:2])
+    nb = nbformat.read(edited, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("answer = 'mine'"))
+    nbformat.write(nb, edited)
+    os.unlink(deleted)
+    again = run_contained(["/usr/bin/env", "LABKIT_JUPYTER_IP=0.0.0.0", "LABKIT_VENV=/opt/labkit/venv",
+                           "/bin/bash", "/labkit/scripts/jupyter-service.sh"], FreshRoot(fresh_root, binds), timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"jupyter-service: changed {HANDOUTS} (1 handouts built)" in again.stdout, again.stdout
+    assert nbformat.read(edited, as_version=4).cells[-1].source == "answer = 'mine'"
+    assert_handouts(fresh_root + HANDOUTS, NUMBERED)
+
+
+HANDOUTS = "/srv/labkit/handouts"          # scripts/jupyter-service.sh's default
+NUMBERED = sorted(n for n in os.listdir(os.path.join(REPO, "notebooks")) if re.fullmatch(r"\d\d-.*\.ipynb", n))
+
+
+def assert_handouts(folder: str, names: list[str]) -> None:
+    """``folder`` holds the student versions of ``names`` (no answer, check cells locked), nothing else."""
+    assert sorted(os.listdir(folder)) == names
+    for name in names:
+        nb = nbformat.read(os.path.join(folder, name), as_version=4)
+        assert nb.metadata["labkit"] == {"student_version": True, "solution": name}
+        assert not any(exercises.BEGIN in c.source for c in nb.cells), f"{name} holds a solution"
 
 
 def free_port() -> int:

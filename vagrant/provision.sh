@@ -6,7 +6,9 @@
 #   1. scripts/setup.sh          Debian packages, the Python venv, labkit (one source of truth)
 #   2. /etc/profile.d/labkit.sh  the venv's bin on PATH, LABKIT_VENV for ./lab and sudo;
 #      /usr/local/bin/labkit     a link to the venv's labkit command
-#   3. scripts/jupyter-service.sh JupyterLab as the systemd service labkit-jupyter
+#   3. scripts/jupyter-service.sh JupyterLab as the systemd service labkit-jupyter, opened
+#      on the handouts (/srv/labkit/handouts: the student versions, built when missing,
+#      never overwritten); the solutions stay in the repository's notebooks/
 #
 # The venv lives outside the repository (LABKIT_VENV, default /opt/labkit/venv):
 # the repository is a folder shared with the host, where symlinks may be refused
