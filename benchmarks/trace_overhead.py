@@ -23,9 +23,10 @@ realistic ones: untarring /usr/share/doc into a tmpfs, and 300 HTTP requests
 over loopback from a Python client to a Python server in the same container.
 
 Then what the CLI spends after the container exits, stage by stage, on the dd
-workload's buffer: the kernel's text (``trace``) parsed against the binary
-pages (``trace_pipe_raw``) of the same buffer, Trace._records() with and
-without Python's cyclic GC, and format_timeline(). Lost events are the
+workload's buffer: the kernel's text (``trace``) parsed into Events against the
+binary pages (``trace_pipe_raw``) of the same buffer decoded into Items (what
+Trace reads), Trace._records() with and without Python's cyclic GC, and
+format_timeline(). Lost events are the
 per-CPU ``overrun`` and ``dropped events`` of each instance (must be 0).
 
     .venv/bin/python benchmarks/trace_overhead.py [BLOCKS] [ROUNDS]
@@ -245,15 +246,15 @@ def stages() -> dict[str, float]:
     try:
         container(DD, raw)
         found = {"text parse": timed(lambda: tracebuf.read_text(raw.dir), gc=True)[0]}
-        found["binary pages"], events = timed(lambda: tracebuf.read_raw(raw.dir))
+        found["binary pages"], items = timed(lambda: tracebuf.read_items(raw.dir))
     finally:
         raw.remove()
     tr = trace.Trace(buffer_kb=BUFFER_KB)              # for what _records() needs to know
     container(DD, tr)
-    found["_records, GC on"] = timed(lambda: tr._records(events), gc=True)[0]
-    found["_records, GC off"], tr.records = timed(lambda: tr._records(events))
+    found["_records, GC on"] = timed(lambda: tr._records(items), gc=True)[0]
+    found["_records, GC off"], tr.records = timed(lambda: tr._records(items))
     found["format_timeline"] = timed(lambda: trace.format_timeline(tr))[0]
-    found["events"] = len(events)
+    found["events"] = len(items)
     return found
 
 

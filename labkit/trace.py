@@ -414,6 +414,9 @@ class Trace(Primitive):
         self.lost = 0
         self.t0 = 0.0
         self._collected = False
+        self._reader: tracebuf.Reader | None = None     # drains the buffers while the command runs
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     # --- the four hooks ---------------------------------------------------
 
@@ -449,6 +452,21 @@ class Trace(Primitive):
         self.cgroup_limits = {c: {"limit": self._cgroup_value(c, 0)} for c in CGROUP_FILES}
         _write(f"{self.dir}/set_event_pid", str(pid))
         _write(f"{self.dir}/tracing_on", "1")
+        if tracebuf.binary(self.dir):           # decode while the command runs: see tracebuf.Reader
+            self._reader = tracebuf.Reader(self.dir)
+            self._thread = threading.Thread(target=self._drain, name="labkit-trace-reader", daemon=True)
+            self._thread.start()
+
+    def _drain(self) -> None:
+        assert self._reader is not None
+        while not self._stop.wait(0.02):
+            self._reader.drain()
+
+    def _stop_reader(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
 
     def observe(self, pid: int) -> None:
         """Read the PID namespace and the cgroup of the running container's ``pid``
@@ -485,8 +503,13 @@ class Trace(Primitive):
             for key in ("overrun", "dropped events"):
                 m = re.search(rf"^{key}: (\d+)", stats, re.M)
                 self.lost += int(m.group(1)) if m else 0
-        events = tracebuf.read(self.dir)
-        moved = _attached_dirs(events)
+        self._stop_reader()
+        if self._reader is not None:
+            self._reader.drain()                # what the thread had not read yet
+            items = self._reader.items()
+        else:
+            items = tracebuf.items(self.dir)
+        moved = _attached_dirs([tracebuf.event(i) for i in items if i[2] == "cgroup_attach_task"])
         if moved:                       # the kernel's word beats what observe() could read
             self.cgroup_dirs = moved
             self.cgroup_limits = {c: {"limit": self._cgroup_value(c, 0)} for c in CGROUP_FILES}
@@ -494,60 +517,78 @@ class Trace(Primitive):
             self.cgroup_limits[c]["usage"] = self._cgroup_value(c, 1)
         self.cgroup_counts = self._cgroup_counts()
         with tracebuf.no_gc():                  # 100k syscalls make 600k objects: see no_gc
-            self.records = self._records(events)
+            self.records = self._records(items)
         return self.records
 
-    def _records(self, events: list[Event]) -> list[Record]:
-        """Pair sys_enter with sys_exit per task; put other events inside the call."""
-        self.events_total = len(events)
-        self.t0 = events[0].ts if events else 0.0
+    def _records(self, items: list[tracebuf.Item]) -> list[Record]:
+        """Pair sys_enter with sys_exit per task; put other events inside the call.
+        One pass over the events (tracebuf.Item: the syscalls' numbers become
+        records without an Event each), then one over the records."""
+        self.events_total = len(items)
+        self.t0 = items[0][0] if items else 0.0
         records: list[Record] = []
+        append = records.append
         open_calls: dict[int, Record] = {}
         since: dict[int, float] = {}            # PID -> when it began running the command
         names: dict[int, str] = {}              # NR -> name, looked up once a number
         probes = {f"{kind}_{name}": (kind, name) for name in self.syscalls for kind in ("enter", "exit")}
-        for e in events:
-            if probes and e.name in probes:     # --syscalls through kprobes: the call's own function
-                kind, call = probes[e.name]
-                if kind == "enter":
-                    open_calls[e.pid] = rec = Record(e.pid, call, e.ts)
-                    records.append(rec)
-                elif e.pid in open_calls:
-                    rec = open_calls.pop(e.pid)
-                    rec.ret, rec.end = int(e.fields["ret"]), e.ts
-            elif e.name == "sys_enter":           # values: NR, arg0..arg5
-                nr = e.values[0]
-                rec = Record(e.pid, names.get(nr) or names.setdefault(nr, syscall_name(nr)), e.ts,
-                             raw_args=e.values[1:])
-                open_calls[e.pid] = rec
-                records.append(rec)
-            elif e.name == "sys_exit":          # values: NR, ret
-                nr, ret = e.values
-                rec = open_calls.pop(e.pid, None)
+        for item in items:
+            ts, pid, name, payload = item
+            if name == "sys_enter":             # payload: NR, arg0..arg5
+                nr = payload[0]
+                open_calls[pid] = rec = Record(pid, names.get(nr) or names.setdefault(nr, syscall_name(nr)),
+                                               ts, None, None, payload[1:])
+                append(rec)
+            elif name == "sys_exit":            # payload: NR, ret
+                nr, ret = payload
+                rec = open_calls.pop(pid, None)
                 if rec is None:                 # a new child's return from fork, or a lost sys_enter
-                    rec = Record(e.pid, names.get(nr) or names.setdefault(nr, syscall_name(nr)), e.ts,
+                    rec = Record(pid, names.get(nr) or names.setdefault(nr, syscall_name(nr)), ts,
                                  raw_args=[CHILD_RETURN])
-                    records.append(rec)
-                rec.ret, rec.end = ret, e.ts
-            elif e.name == "cap_capable_ret" and e.pid in open_calls:
-                caps = [x for x in open_calls[e.pid].events if x.name == "cap_capable"]
+                    append(rec)
+                rec.ret, rec.end = ret, ts
+            elif probes and name in probes:     # --syscalls through kprobes: the call's own function
+                kind, call = probes[name]
+                if kind == "enter":
+                    open_calls[pid] = rec = Record(pid, call, ts)
+                    append(rec)
+                elif pid in open_calls:
+                    rec = open_calls.pop(pid)
+                    rec.ret, rec.end = int(payload["ret"]), ts
+            elif name == "cap_capable_ret" and pid in open_calls:
+                caps = [x for x in open_calls[pid].events if x.name == "cap_capable"]
                 if caps:
-                    caps[-1].fields["ret"] = e.fields.get("ret", "0")
+                    caps[-1].fields["ret"] = payload.get("ret", "0")
             else:
-                if e.name == "sched_process_exec":
-                    since.setdefault(e.pid, open_calls[e.pid].start if e.pid in open_calls else e.ts)
-                if e.name == "sched_process_fork" and e.pid in since:
-                    since.setdefault(int(e.fields["child_pid"]), e.ts)
-                if e.pid in open_calls:
-                    open_calls[e.pid].events.append(e)
-                elif not self.syscalls or e.name in OUTSIDE_CALLS:   # --syscalls: only those calls' checks
-                    records.append(Record(e.pid, f"[{e.name}]", e.ts, events=[e]))
+                e = tracebuf.event(item)
+                if name == "sched_process_exec":
+                    since.setdefault(pid, open_calls[pid].start if pid in open_calls else ts)
+                if name == "sched_process_fork" and pid in since:
+                    since.setdefault(int(e.fields["child_pid"]), ts)
+                if pid in open_calls:
+                    open_calls[pid].events.append(e)
+                elif not self.syscalls or name in OUTSIDE_CALLS:   # --syscalls: only those calls' checks
+                    append(Record(pid, f"[{name}]", ts, events=[e]))
+        self.records = records
+        plain: dict[tuple[str, int], tuple[object, ...]] = {}    # (syscall, ret) -> annotation
         for rec in records:
             if rec.pid in since and rec.start >= since[rec.pid]:
                 rec.phase = "command"
-        self.records = records
-        for rec in records:
-            self._annotate(rec)
+            ret = rec.ret
+            if rec.events or ret is None or -4096 < ret < 0:
+                self._annotate(rec)
+                continue
+            # Most calls: no event inside, no error. Their annotation depends on
+            # the syscall and its return value only: made once, shared.
+            key = (rec.syscall, ret)
+            known = plain.get(key)
+            if known is None:
+                self._annotate(rec)
+                known = plain[key] = (rec.namespace, rec.ns_inode, rec.ns_owner, rec.cgroup,
+                                      rec.verdict, rec.deciding, rec.evidence, rec.basis)
+            else:
+                (rec.namespace, rec.ns_inode, rec.ns_owner, rec.cgroup,
+                 rec.verdict, rec.deciding, rec.evidence, rec.basis) = known
         return records
 
     def _annotate(self, rec: Record) -> None:
@@ -749,6 +790,7 @@ class Trace(Primitive):
         return counts
 
     def _remove(self) -> None:
+        self._stop_reader()
         if self.dir is not None:
             try:
                 os.rmdir(self.dir)
@@ -811,12 +853,27 @@ def format_timeline(trace: Trace, records: list[Record] | None = None, quiet: bo
     nothing are counted, or listed with why when ``quiet`` is true."""
     rows = trace.command_records() if records is None else records
     lines = [f"{'time':>9}  {'pid':>7}  {'syscall':<18} {'result':<14} {'verdict':<28} what the kernel checked"]
+    append, t0 = lines.append, trace.t0
+    plain: dict[tuple[object, ...], str] = {}   # the rest of a line without events, made once
     for r in rows:
-        lines.append(f"{(r.start - trace.t0) * 1000:8.3f}ms  {r.pid:>7}  {r.syscall:<18} "
-                     f"{r.result():<14} {_verdict_text(r):<28} {_checked(trace, r, quiet)}")
+        if r.events or r.verdict != "allowed":
+            append(f"{(r.start - t0) * 1000:8.3f}ms  {_line_rest(trace, r, quiet)}")
+            continue
+        key = (r.pid, r.syscall, r.ret, r.namespace, r.ns_owner,
+               r.cgroup and (r.cgroup["controller"], r.cgroup.get("limit")))
+        rest = plain.get(key)
+        if rest is None:
+            rest = plain[key] = _line_rest(trace, r, quiet)
+        append(f"{(r.start - t0) * 1000:8.3f}ms  {rest}")
     lines.append(LEGEND)
     lines.append(summary_line(trace))
     return "\n".join(lines)
+
+
+def _line_rest(trace: Trace, r: Record, quiet: bool) -> str:
+    """A timeline line after its time: pid, call, result, verdict, what was checked."""
+    return (f"{r.pid:>7}  {r.syscall:<18} {r.result():<14} {_verdict_text(r):<28} "
+            f"{_checked(trace, r, quiet)}")
 
 
 def _verdict_text(r: Record) -> str:

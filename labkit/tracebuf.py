@@ -73,19 +73,27 @@ class Event:
 
 @contextmanager
 def no_gc() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while building many objects.
+    """Pause Python's cyclic garbage collector while building many objects,
+    and keep it from walking them afterwards.
 
     The collector runs after every 700 new objects that can hold others, and
     its older generations' passes walk everything still alive: building 400k
     events and 200k records, it spent as long as the building itself
-    (benchmarks/trace_overhead.py). Events and records form no cycles, so
-    reference counting frees them; the collector is switched back on after.
+    (benchmarks/trace_overhead.py). Paused, it does not run, but the objects
+    wait in its youngest generation, and the first collection after the pause
+    walked all of them (~0.1 s on 600k objects), then again as they aged.
+    So, before switching it back on, ``gc.freeze()`` moves every object alive
+    into the permanent generation, which no collection walks (Python's gc
+    module documentation). Events and records form no cycles: reference
+    counting still frees them. The price: a cycle of garbage that happens to be
+    alive at that moment is never collected.
     """
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if was:
             gc.enable()
 
@@ -123,8 +131,25 @@ def read(instance: str) -> list[Event]:
     """The instance's buffer, consumed: its binary pages, or its text where the
     kernel has no ``trace_pipe_raw`` or is big-endian (the event header's bit
     fields, type_len first, are laid out low bits first only on little-endian)."""
-    if sys.byteorder == "little" and os.path.exists(f"{instance}/per_cpu/cpu0/trace_pipe_raw"):
+    if binary(instance):
         return read_raw(instance)
+    return _read_text_consumed(instance)
+
+
+def items(instance: str) -> list["Item"]:
+    """As read(), as Items (see Item): what Trace turns into records."""
+    if binary(instance):
+        return read_items(instance)
+    return [(e.ts, e.pid, e.name, e.values if e.values else e.fields)
+            for e in _read_text_consumed(instance)]
+
+
+def binary(instance: str) -> bool:
+    """Can ``instance`` be read through its binary pages (see read())?"""
+    return sys.byteorder == "little" and os.path.exists(f"{instance}/per_cpu/cpu0/trace_pipe_raw")
+
+
+def _read_text_consumed(instance: str) -> list[Event]:
     events = read_text(instance)
     with open(f"{instance}/trace", "w"):        # O_TRUNC empties the buffer, as trace_pipe would
         pass
@@ -287,27 +312,77 @@ def pages(path: str, size: int) -> Iterator[bytes]:
         os.close(fd)
 
 
+Item = tuple[float, int, str, "tuple[int, ...] | dict[str, str]"]
+"""One decoded event, before any Event is made: (ts in seconds, pid, name, and
+sys_enter's or sys_exit's numbers, or the other events' fields)."""
+
+
+class Reader:
+    """Drains an instance's per-CPU ``trace_pipe_raw`` into Items, as often as
+    drain() is called: while the traced command runs (from a thread: each
+    read(2) and the decoding of the page it returned), so that less is left to
+    decode after it exits and the buffer keeps room. A read(2) consumes the
+    page it returns, partial or not (kernel/trace/trace.c, tracing_buffers_read
+    -> ring_buffer_read_page), so no event is read twice."""
+
+    def __init__(self, instance: str) -> None:
+        self.fmts = formats(instance)
+        commit_at, commit_size = _page_header(f"{instance}/events")
+        self.commit_at, self.data_at = commit_at, commit_at + commit_size
+        self.commit_fmt = "=Q" if commit_size == 8 else "=I"
+        try:                    # Linux 6.8 made the sub-buffer's size a setting; a page before
+            with open(f"{instance}/buffer_subbuf_size_kb") as f:
+                self.size = int(f.read()) * 1024
+        except FileNotFoundError:
+            self.size = os.sysconf("SC_PAGE_SIZE")
+        self.paths = [f"{instance}/per_cpu/{cpu}/trace_pipe_raw"
+                      for cpu in sorted(os.listdir(f"{instance}/per_cpu"))]
+        self.runs: list[list[Item]] = [[] for _ in self.paths]     # one a CPU, each in time order
+
+    def drain(self) -> None:
+        """Decode every page the buffers hold now."""
+        with no_gc():
+            for path, run in zip(self.paths, self.runs):
+                for page in pages(path, self.size):
+                    ts = struct.unpack_from("=Q", page, 0)[0]
+                    commit = struct.unpack_from(self.commit_fmt, page, self.commit_at)[0]
+                    _decode_items(page, self.data_at,
+                                  self.data_at + (commit & ~RB_MISSED_FLAGS & 0xFFFFFFFF),
+                                  ts, self.fmts, run)
+
+    def items(self) -> list[Item]:
+        """All the Items drained so far, in time order."""
+        with no_gc():
+            found = [item for run in self.runs for item in run]
+            found.sort(key=_first)      # each CPU's run is in order: timsort merges the runs
+        return found
+
+
+def read_items(instance: str) -> list[Item]:
+    """Every event of the instance's per-CPU binary buffers as Items, in time
+    order (consumed). Trace reads these: 400k Event objects cost more than the
+    records they end up in."""
+    reader = Reader(instance)
+    reader.drain()
+    return reader.items()
+
+
+def _first(item: Item) -> float:
+    return item[0]
+
+
+def event(item: Item) -> Event:
+    """The Event of one Item."""
+    ts, pid, name, payload = item
+    if isinstance(payload, dict):
+        return Event(ts, pid, name, payload)
+    return Event(ts, pid, name, None, payload)
+
+
 def read_raw(instance: str) -> list[Event]:
     """Every event of the instance's per-CPU binary buffers, in time order (consumed)."""
-    fmts = formats(instance)
-    commit_at, commit_size = _page_header(f"{instance}/events")
-    data_at = commit_at + commit_size
-    commit_fmt = "=Q" if commit_size == 8 else "=I"
-    try:                        # Linux 6.8 made the sub-buffer's size a setting; a page before
-        with open(f"{instance}/buffer_subbuf_size_kb") as f:
-            size = int(f.read()) * 1024
-    except FileNotFoundError:
-        size = os.sysconf("SC_PAGE_SIZE")
-    run: list[Event] = []
     with no_gc():
-        for cpu in sorted(os.listdir(f"{instance}/per_cpu")):
-            for page in pages(f"{instance}/per_cpu/{cpu}/trace_pipe_raw", size):
-                ts = struct.unpack_from("=Q", page, 0)[0]
-                commit = struct.unpack_from(commit_fmt, page, commit_at)[0]
-                _decode_page(page, data_at, data_at + (commit & ~RB_MISSED_FLAGS & 0xFFFFFFFF),
-                             ts, fmts, run)
-    run.sort(key=lambda e: e.ts)        # each CPU's run is in order: timsort merges the runs
-    return run
+        return [event(item) for item in read_items(instance)]
 
 
 # The common fields every event starts with (events/*/format: common_type at 0,
@@ -320,8 +395,16 @@ _SYS_EXIT = struct.Struct("=qq")                # raw_syscalls:sys_exit: long id
 
 def _decode_page(page: bytes, off: int, end: int, ts: int, fmts: dict[int, Format],
                  out: list[Event]) -> None:
-    """Append the events of one page's data [off, end) to ``out``; ``ts`` is the
-    page's time stamp (ns), each event adding its time_delta."""
+    """Append the events of one page's data [off, end) to ``out`` (as _decode_items)."""
+    items: list[Item] = []
+    _decode_items(page, off, end, ts, fmts, items)
+    out += map(event, items)
+
+
+def _decode_items(page: bytes, off: int, end: int, ts: int, fmts: dict[int, Format],
+                  out: list[Item]) -> None:
+    """Append the events of one page's data [off, end) to ``out`` as Items; ``ts``
+    is the page's time stamp (ns), each event adding its time_delta."""
     head, head_long = _HEAD.unpack_from, _HEAD_LONG.unpack_from
     enter_body, exit_body = _SYS_ENTER.unpack_from, _SYS_EXIT.unpack_from
     enter = next((i for i, f in fmts.items() if f.name == "sys_enter"), -1)
@@ -353,8 +436,8 @@ def _decode_page(page: bytes, off: int, end: int, ts: int, fmts: dict[int, Forma
         ts += hdr >> 5
         off = nxt
         if etype == exit_:
-            append(Event(ts / 1e9, pid, "sys_exit", None, exit_body(page, data + 8)))
+            append((ts / 1e9, pid, "sys_exit", exit_body(page, data + 8)))
         elif etype == enter:
-            append(Event(ts / 1e9, pid, "sys_enter", None, enter_body(page, data + 8)))
+            append((ts / 1e9, pid, "sys_enter", enter_body(page, data + 8)))
         elif etype in fmts:
-            append(Event(ts / 1e9, pid, fmts[etype].name, fmts[etype].decode(page, data)))
+            append((ts / 1e9, pid, fmts[etype].name, fmts[etype].decode(page, data)))
