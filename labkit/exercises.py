@@ -362,7 +362,7 @@ def by_student(graded: list[tuple[Submission, Report]]) -> dict[str, list[Report
 
 def columns(reports: list[Report]) -> list[str]:
     """The gradebook's columns, NN.exK, over every notebook graded."""
-    return sorted({f"{r.prefix}.ex{e.number}" for r in reports for e in r.exercises})
+    return [f"{prefix}.ex{n}" for prefix, n in sorted({(r.prefix, e.number) for r in reports for e in r.exercises})]
 
 
 def marks(reports: list[Report]) -> dict[str, bool]:
@@ -404,7 +404,7 @@ def gradebook(graded: list[tuple[Submission, Report]]) -> dict:
     """What ``labkit check --json`` prints: students -> notebooks -> exercises."""
     cols = columns([r for _, r in graded])
     return {"columns": cols,
-            "students": {student: {"passed": sum(marks(reports).values()), "exercises": len(cols),
+            "students": {student: {"passed": sum(marks(reports).values()), "total": len(cols),
                                    "notebooks": [r.as_dict() for r in reports]}
                          for student, reports in by_student(graded).items()},
             "summary": summary([r for _, r in graded])}

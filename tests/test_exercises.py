@@ -441,6 +441,12 @@ def test_a_filled_student_version_passes_nbval_strict_and_a_stubbed_one_does_not
 
 # --- check: a class folder ------------------------------------------------------------------
 
+def test_gradebook_columns_are_in_notebook_then_exercise_order() -> None:
+    reports = [exercises.Report("x/10-a.ipynb", [exercises.Exercise(n, True) for n in (10, 2)], solution="10-a.ipynb"),
+               exercises.Report("x/02-b.ipynb", [exercises.Exercise(1, False, "h")], solution="02-b.ipynb")]
+    assert exercises.columns(reports) == ["02.ex1", "10.ex2", "10.ex10"]
+
+
 def test_check_refuses_a_folder_without_notebooks(tmp_path) -> None:
     (tmp_path / "class" / "alice").mkdir(parents=True)
     r = labkit_cli("check", str(tmp_path / "class"))
@@ -480,7 +486,7 @@ def test_check_grades_a_class_folder_table_and_json(tmp_path, no_leaks) -> None:
     assert list(book["students"]) == ["alice", "bob"]
     for student, passed in (("alice", True), ("bob", False)):
         got = book["students"][student]
-        assert (got["passed"], got["exercises"]) == ((2 if passed else 0), 2)
+        assert (got["passed"], got["total"]) == ((2 if passed else 0), 2)
         [report] = got["notebooks"]
         assert report["notebook"] == str(tmp_path / "submissions" / student / name)
         assert report["solution"] == name and report["crashed_cells"] == []
