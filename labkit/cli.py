@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the command to run and its arguments")
 
     trace_cmd = sub.add_parser("trace", help="run a command and print what the kernel checked",
-                               usage="labkit trace [OPTIONS] [--json] [--all] [--quiet-checks] [--syscalls LIST] [--] CMD [ARG...]")
+                               usage="labkit trace [OPTIONS] [--json] [--all] [--quiet-checks] [--no-fold] [--syscalls LIST] [--] CMD [ARG...]")
     add_run_options(trace_cmd)
     trace_cmd.add_argument("--json", action="store_true",
                            help="one JSON object a syscall (syscall, ret, checks, verdict, "
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace_cmd.add_argument("--quiet-checks", action="store_true",
                            help="list the capability checks that deny nothing (overcommit's reserve, "
                                 "overlayfs's mounter), with why; by default they are counted")
+    trace_cmd.add_argument("--no-fold", action="store_true",
+                           help="one line per call, also in a run of the same successful call "
+                                "(by default such a run is one line that says how many)")
     trace_cmd.add_argument("--all", action="store_true",
                            help="also show labkit's own setup syscalls before the command's execve")
     trace_cmd.add_argument("--syscalls", metavar="LIST", default="",
@@ -353,7 +356,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
             print(json.dumps(r.as_dict(tracer)), file=sys.stderr)
         print(json.dumps({"summary": trace.summary_line(tracer), "lost": tracer.lost}), file=sys.stderr)
     else:
-        print(trace.format_timeline(tracer, records, quiet=args.quiet_checks), file=sys.stderr)
+        print(trace.format_timeline(tracer, records, quiet=args.quiet_checks, fold=not args.no_fold),
+              file=sys.stderr)
     return exit_status(returncode or 0)
 
 

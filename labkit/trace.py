@@ -828,27 +828,58 @@ LEGEND = ("<- decided there, an event shows it;  <~ labkit's inference from the 
           "no event shows it;  <? unknown")
 
 
-def format_timeline(trace: Trace, records: list[Record] | None = None, quiet: bool = False) -> str:
+FOLD_LONGEST = 4   # the longest block of calls format_timeline(fold=True) looks for repeats of
+
+
+def format_timeline(trace: Trace, records: list[Record] | None = None, quiet: bool = False,
+                    fold: bool = False) -> str:
     """One line per syscall: time, pid, call, result, verdict, how the deciding
     step is known (MARKS), and what the kernel checked. The checks that deny
-    nothing are counted, or listed with why when ``quiet`` is true."""
+    nothing are counted, or listed with why when ``quiet`` is true. With
+    ``fold``, a block of up to FOLD_LONGEST successful calls without events
+    that repeats (dd's read, write, read, write...) is printed once, followed
+    by a line that says how many times it came and when the last one started."""
     rows = trace.command_records() if records is None else records
     lines = [f"{'time':>9}  {'pid':>7}  {'syscall':<18} {'result':<14} {'verdict':<28} what the kernel checked"]
-    append, t0 = lines.append, trace.t0
+    t0 = trace.t0
+    keys: list[tuple[object, ...] | None] = [   # what makes two lines alike; None: never folded
+        None if r.events or r.verdict != "allowed" else
+        (r.pid, r.syscall, r.ret, r.namespace, r.ns_owner,
+         r.cgroup and (r.cgroup["controller"], r.cgroup.get("limit"))) for r in rows]
     plain: dict[tuple[object, ...], str] = {}   # the rest of a line without events, made once
-    for r in rows:
-        if r.events or r.verdict != "allowed":
-            append(f"{(r.start - t0) * 1000:8.3f}ms  {_line_rest(trace, r, quiet)}")
-            continue
-        key = (r.pid, r.syscall, r.ret, r.namespace, r.ns_owner,
-               r.cgroup and (r.cgroup["controller"], r.cgroup.get("limit")))
-        rest = plain.get(key)
-        if rest is None:
-            rest = plain[key] = _line_rest(trace, r, quiet)
-        append(f"{(r.start - t0) * 1000:8.3f}ms  {rest}")
+    i = 0
+    while i < len(rows):
+        period, times = _repeats(keys, i) if fold else (1, 1)
+        for key, r in zip(keys[i:i + period], rows[i:i + period]):
+            if key is None:
+                rest = _line_rest(trace, r, quiet)
+            elif (rest := plain.get(key)) is None:
+                rest = plain[key] = _line_rest(trace, r, quiet)
+            lines.append(f"{(r.start - t0) * 1000:8.3f}ms  {rest}")
+        if times > 1:
+            last = rows[i + period * times - 1].start
+            what = "the call above" if period == 1 else f"the {period} calls above"
+            lines.append(f"{'':>9}  {'':>7}  ... {what}, {times} times in all, the last at "
+                         f"{(last - t0) * 1000:.3f}ms")
+        i += period * times
     lines.append(LEGEND)
     lines.append(summary_line(trace))
     return "\n".join(lines)
+
+
+def _repeats(keys: list[tuple[object, ...] | None], i: int) -> tuple[int, int]:
+    """The shortest block of lines starting at ``i`` that comes again right
+    after itself, and how many times in a row: (length, times), or (1, 1)."""
+    for period in range(1, FOLD_LONGEST + 1):
+        block = keys[i:i + period]
+        if len(block) < period or None in block:
+            break
+        times = 1
+        while keys[i + times * period:i + (times + 1) * period] == block:
+            times += 1
+        if times > 1:
+            return period, times
+    return 1, 1
 
 
 def _line_rest(trace: Trace, r: Record, quiet: bool) -> str:

@@ -224,6 +224,20 @@ def test_cli_trace_timeline_is_one_line_a_syscall_with_its_verdict(no_leaks):
     assert lines[-2] == trace.LEGEND and "lost events: 0" in lines[-1]
 
 
+def test_cli_trace_folds_a_repeated_block_of_plain_calls_and_no_fold_prints_each(no_leaks):
+    """dd bs=1 alternates read and write: by default one read and one write line and a count."""
+    argv = ["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=3000"]
+    folded = labkit_cli("trace", "--ns", "pid", "--", *argv)
+    each = labkit_cli("trace", "--ns", "pid", "--no-fold", "--", *argv)
+    assert folded.returncode == each.returncode == 0, folded.stderr[-500:] + each.stderr[-500:]
+    lines = folded.stderr.splitlines()
+    [note] = [i for i, line in enumerate(lines) if "the 2 calls above, 3000 times in all" in line]
+    assert " read " in lines[note - 2] and " write " in lines[note - 1]
+    reads = [line for line in each.stderr.splitlines() if " read " in line and " 1 " in line]
+    assert len(reads) == 3000 and len(lines) < 100
+    assert lines[-2] == trace.LEGEND and "lost events: 0" in lines[-1]
+
+
 def test_cli_trace_json_seccomp_denial_names_the_rule(no_leaks):
     """`labkit trace --json` of a probe calling keyctl: a seccomp denial, observed, with its rule."""
     program = f"import ctypes; ctypes.CDLL(None).syscall({syscall_number('keyctl')}, 0, 0, 0, 0)"
