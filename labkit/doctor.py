@@ -44,6 +44,27 @@ def cgroup_mounts(where: layout.Layout) -> str:
     return ", ".join(parts) or "none mounted"
 
 
+def filesystem_support(fs: str) -> str | None:
+    """How this kernel supports filesystem type ``fs``, or None.
+
+    /proc/filesystems lists the types registered now (proc(5)). A type built as
+    a module (Debian's overlay) is registered only once loaded, and the kernel
+    loads it itself at the first mount of that type: get_fs_type() calls
+    request_module("fs-NAME") (fs/filesystems.c), the alias the module
+    declares with MODULE_ALIAS_FS, listed in modules.alias (modprobe(8)).
+    """
+    with open("/proc/filesystems") as f:
+        if fs in f.read().split():
+            return "supported"
+    try:
+        with open(f"/lib/modules/{os.uname().release}/modules.alias") as f:
+            if any(line.split()[1:2] == [f"fs-{fs}"] for line in f):
+                return "supported (module, loaded by the kernel at the first mount)"
+    except FileNotFoundError:
+        pass
+    return None
+
+
 def checks() -> list[Check]:
     """Every check, in the order the lab needs them."""
     result = [
@@ -58,12 +79,10 @@ def checks() -> list[Check]:
         result.append(Check(f"namespace {ns}", present,
                             "available" if present else "missing",
                             f"this kernel was built without CONFIG_{ns.upper()}_NS"))
-    with open("/proc/filesystems") as f:
-        filesystems = f.read().split()
     for fs in ("overlay", "tmpfs", "proc", "tracefs"):
-        result.append(Check(f"filesystem {fs}", fs in filesystems,
-                            "supported" if fs in filesystems else "not supported",
-                            f"load its module: modprobe {fs}"))
+        support = filesystem_support(fs)
+        result.append(Check(f"filesystem {fs}", support is not None, support or "not supported",
+                            f"this kernel has neither {fs} built in nor its module"))
     where = layout.read()
     result.append(Check("cgroup hierarchies", bool(where.v1 or where.v2), cgroup_mounts(where),
                         "mount cgroup2: mount -t cgroup2 none /sys/fs/cgroup"))
