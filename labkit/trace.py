@@ -486,7 +486,7 @@ class Trace(Primitive):
                 m = re.search(rf"^{key}: (\d+)", stats, re.M)
                 self.lost += int(m.group(1)) if m else 0
         # Read after the command, not while it runs: a reader thread draining
-        # tracebuf.Reader every 20 ms during the run saved ~2% of the CLI's time
+        # the binary buffers every 20 ms during the run saved ~2% of the CLI's time
         # on 200k syscalls, but competed with the traced command for the CPUs:
         # dd ran at 1.60x the raw-tracepoint floor with it, 1.07x without
         # (benchmarks/trace_overhead.py 100000 3, two runs, 2 CPUs).

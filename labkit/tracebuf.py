@@ -322,55 +322,30 @@ Item = tuple[float, int, str, "tuple[int, ...] | dict[str, str]"]
 sys_enter's or sys_exit's numbers, or the other events' fields)."""
 
 
-class Reader:
-    """Drains an instance's per-CPU ``trace_pipe_raw`` into Items, as often as
-    drain() is called (it could be called while the traced command runs, to
-    keep room in the buffer). A read(2) consumes the page it returns, partial
-    or not (kernel/trace/trace.c, tracing_buffers_read -> ring_buffer_read_page),
-    so no event is read twice."""
-
-    def __init__(self, instance: str) -> None:
-        self.fmts = formats(instance)
-        commit_at, commit_size = _page_header(f"{instance}/events")
-        self.commit_at, self.data_at = commit_at, commit_at + commit_size
-        self.commit_fmt = "=Q" if commit_size == 8 else "=I"
-        try:                    # Linux 6.8 made the sub-buffer's size a setting; a page before
-            with open(f"{instance}/buffer_subbuf_size_kb") as f:
-                self.size = int(f.read()) * 1024
-        except FileNotFoundError:
-            self.size = os.sysconf("SC_PAGE_SIZE")
-        self.paths = [f"{instance}/per_cpu/{cpu}/trace_pipe_raw"
-                      for cpu in sorted(os.listdir(f"{instance}/per_cpu"))]
-        self.runs: list[list[Item]] = [[] for _ in self.paths]     # one a CPU, each in time order
-
-    def drain(self) -> None:
-        """Decode every page the buffers hold now."""
-        with no_gc():
-            for path, run in zip(self.paths, self.runs):
-                for page in pages(path, self.size):
-                    ts = struct.unpack_from("=Q", page, 0)[0]
-                    commit = struct.unpack_from(self.commit_fmt, page, self.commit_at)[0]
-                    _decode_items(page, self.data_at,
-                                  self.data_at + (commit & ~RB_MISSED_FLAGS & 0xFFFFFFFF),
-                                  ts, self.fmts, run)
-
-    def items(self) -> list[Item]:
-        """All the Items drained so far, in time order."""
-        with no_gc():
-            found: list[Item] = []
-            for run in self.runs:
-                found += run
-            found.sort(key=itemgetter(0))      # each CPU's run is in order: timsort merges the runs
-        return found
-
-
 def read_items(instance: str) -> list[Item]:
     """Every event of the instance's per-CPU binary buffers as Items, in time
-    order (consumed). Trace reads these: 400k Event objects cost more than the
-    records they end up in."""
-    reader = Reader(instance)
-    reader.drain()
-    return reader.items()
+    order (consumed: a read(2) of trace_pipe_raw consumes the page it returns,
+    kernel/trace/trace.c tracing_buffers_read -> ring_buffer_read_page). Trace
+    reads these: 400k Event objects cost more than the records they end up in."""
+    fmts = formats(instance)
+    commit_at, commit_size = _page_header(f"{instance}/events")
+    data_at = commit_at + commit_size
+    commit_fmt = "=Q" if commit_size == 8 else "=I"
+    try:                        # Linux 6.8 made the sub-buffer's size a setting; a page before
+        with open(f"{instance}/buffer_subbuf_size_kb") as f:
+            size = int(f.read()) * 1024
+    except FileNotFoundError:
+        size = os.sysconf("SC_PAGE_SIZE")
+    found: list[Item] = []
+    with no_gc():
+        for cpu in sorted(os.listdir(f"{instance}/per_cpu")):
+            for page in pages(f"{instance}/per_cpu/{cpu}/trace_pipe_raw", size):
+                ts = struct.unpack_from("=Q", page, 0)[0]
+                commit = struct.unpack_from(commit_fmt, page, commit_at)[0]
+                _decode_items(page, data_at, data_at + (commit & ~RB_MISSED_FLAGS & 0xFFFFFFFF),
+                              ts, fmts, found)
+        found.sort(key=itemgetter(0))          # each CPU's run is in order: timsort merges the runs
+    return found
 
 
 def event(item: Item) -> Event:
