@@ -137,6 +137,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                              f"(default: those of {DEFAULT_NAMESPACES} available)")
     parser.add_argument("--name", metavar="NAME",
                         help="name the container: labkit exec NAME and labkit ps find it while it runs")
+    parser.add_argument("--init", action="store_true",
+                        help="PID 1 is a minimal init that forwards signals to the command and reaps "
+                             "orphans (as docker run --init): kill -TERM then ends a shell")
     add_terminal_options(parser)
     parser.add_argument("--security-opt", action="append", metavar="seccomp=unconfined", default=[],
                         help="seccomp=unconfined: no seccomp filter (default: Docker's denied calls fail with EPERM)")
@@ -210,6 +213,7 @@ def container_for(args: argparse.Namespace) -> container.Container:
         memory=args.memory, pids=args.pids, io_read_bps=args.io_read_bps,
         io_write_bps=args.io_write_bps, bandwidth=args.bandwidth, cap_add=args.cap_add,
         cap_drop=args.cap_drop, seccomp="seccomp=unconfined" not in args.security_opt,
+        init=args.init,
         group=None if getattr(args, "name", None) else f"run-{os.getpid()}")
 
 

@@ -26,8 +26,9 @@ this order (``primitives()``):
 4. PID, UTS, IPC, network namespaces, then ``MountNamespace`` (overlay on the
    busybox image, /proc /dev /sys, runc's masked and read-only paths, pivot_root),
 5. ``Bandwidth`` (tc on the veth), ``Terminal`` (a pty as controlling terminal),
-6. ``Capabilities``: Docker's 14 and no_new_privs, then ``Seccomp`` last: every
-   earlier step makes calls the filter denies.
+6. ``Capabilities``: Docker's 14 and no_new_privs, then ``Seccomp``: every
+   earlier step makes calls the filter denies; with ``init=True`` (--init),
+   ``Init`` last: PID 1 forks the command and stays as its init (init.py).
 
 ``exec()`` runs a process in the running container through the same pipeline
 with ``JoinNamespaces`` instead of new namespaces (setns(2), the user
@@ -45,6 +46,7 @@ from typing import Iterable, Sequence
 from . import (bandwidth, caps, cgroupns, cgroups, devices, ipc, mount, net, nsenter, pid, rootfs,
                seccomp, terminal, user, uts)
 from .errors import LabkitError, UsageError
+from .init import Init
 from .spawn import DEFAULT_ENV, Primitive, Process, Result, spawn
 
 # The namespaces a container gets by default: all but user (as runc's default spec).
@@ -76,7 +78,7 @@ class Container:
     ``pids`` (None: ``DEFAULT_LIMITS``; "max": none), ``io_read_bps``,
     ``io_write_bps`` ("[DEV:]RATE"), ``bandwidth``,
     ``cap_add``, ``cap_drop``, ``seccomp``, ``device_rules``, ``overlay``,
-    ``group`` (the cgroup's name under labkit/). Bad values raise UsageError here.
+    ``group`` (the cgroup's name under labkit/), ``init``. Bad values raise UsageError here.
     """
 
     def __init__(self, rootfs: str | None = None, *, name: str | None = None,
@@ -89,7 +91,7 @@ class Container:
                  io_write_bps: str | None = None, bandwidth: str | None = None,
                  cap_add: Iterable[str] = (), cap_drop: Iterable[str] = (), seccomp: bool = True,
                  device_rules: bool | None = None, overlay: bool = True, group: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, init: bool = False) -> None:
         if name is not None and (not name or len(name) > 64 or set(name) - set(NAME_CHARS)):
             raise UsageError(f"bad container name {name!r}", "use 1-64 letters, digits, '.', '_', '-'")
         self.name = name
@@ -131,6 +133,7 @@ class Container:
                               "mount one (see `labkit doctor`), or run without device rules")
         self.device_rules = device_rules
         self.overlay = overlay
+        self.init = init                    # --init: PID 1 is labkit's init (init.py), the command its child
         self.group = group or name or f"run-{os.getpid()}-{next(_sequence)}"
         self.env = dict(env or DEFAULT_ENV)
         self.process: Process | None = None
@@ -172,6 +175,8 @@ class Container:
         prims.append(caps.Capabilities(self.keep))
         if self.seccomp:
             prims.append(seccomp.Seccomp())
+        if self.init:
+            prims.append(Init())       # after the filter: the command inherits all of the above
         return prims
 
     def _cgroup(self) -> cgroups.Cgroup | None:
