@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from . import cgroups, container, net, restart, rootfs, terminal
+from . import cgroups, container, detach, net, restart, rootfs, terminal
 from .errors import LabkitError, NotRootError, UsageError
 from .spawn import Primitive, Process, spawn
 
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a command in a new container",
                          usage="labkit run [OPTIONS] [--] CMD [ARG...]")
     add_run_options(run)
+    run.add_argument("-d", "--detach", action="store_true",
+                     help="run in the background (needs --name); print the name; "
+                          "then labkit logs|stop|kill|wait|rm NAME")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                      help="the command to run and its arguments")
 
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps_cmd.add_argument("--json", action="store_true", help="one JSON object a container")
 
     sub.add_parser("cleanup", help="remove every kernel object labkit left behind")
+    detach.add_commands(sub, _Parser)
 
     rootfs_cmd = sub.add_parser("rootfs", help="build a root filesystem for containers")
     rootfs_sub = rootfs_cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -266,7 +270,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_rootless(args)
     argv = command_of(args)
     policy = restart.parse_restart(args.restart)
+    if args.detach:
+        detach.check_options(args.name, args.tty, args.interactive, args.restart)
     box = container_for(args)                           # check every option before the first start
+    if args.detach:
+        return detach.run_detached(box, argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     restarts = 0
@@ -457,7 +465,7 @@ NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "doctor": cmd_doctor, "cleanup": cmd_cleanup, "rootfs": cmd_rootfs,
     "trace": cmd_trace, "exercises": cmd_exercises_build, "check": cmd_check,
-    "exec": cmd_exec, "ps": cmd_ps,
+    "exec": cmd_exec, "ps": cmd_ps, **detach.COMMANDS,
 }
 
 
