@@ -110,6 +110,12 @@ def _container_states() -> set[str]:
     return set(os.listdir(path)) if os.path.isdir(path) else set()
 
 
+def _detached_records() -> set[str]:
+    """Records of detached containers (detach.py: /run/labkit/detached/NAME, log and status)."""
+    path = "/run/labkit/detached"
+    return set(os.listdir(path)) if os.path.isdir(path) else set()
+
+
 def _loop_devices() -> set[str]:
     """Attached loop devices and their backing files (/sys/block/loopN/loop/backing_file)."""
     found = set()
@@ -135,6 +141,7 @@ def snapshot() -> dict[str, set]:
         "overlay dirs": _overlay_dirs(),
         "loop devices": _loop_devices(),
         "container states": _container_states(),
+        "detached records": _detached_records(),
     }
 
 
