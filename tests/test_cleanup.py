@@ -8,6 +8,7 @@ and remove every one of them, and leave the host as the test found it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -69,6 +70,31 @@ def test_cleanup_removes_what_a_killed_labkit_left(kind):
     assert not settled_leaks(before), f"labkit cleanup left {settled_leaks(before)}"
     r = labkit_cli("cleanup")
     assert r.returncode == 0 and "nothing to clean" in r.stdout, r.stdout
+
+
+def test_cleanup_after_kill_9_of_a_detached_containers_supervisor():
+    """`labkit run -d`: the labkit command has returned; the supervisor holds the
+    container. kill -9 of the supervisor kills the container (PR_SET_PDEATHSIG)
+    and leaves its cgroups, overlay directory, network objects, state and record."""
+    before = snapshot()
+    name = f"crash-d-{os.getpid()}"
+    r = labkit_cli("run", "-d", "--name", name, "--net", "bridge", "--memory", "64M", "--", "sleep", "60")
+    assert r.returncode == 0, r.stderr
+    with open(f"/run/labkit/detached/{name}/supervisor") as f:
+        supervisor = int(f.read().split()[0])
+    state = f"/run/labkit/containers/{name}/state.json"
+    with open(state) as f:
+        container_pid = json.load(f)["pid"]
+    os.kill(supervisor, signal.SIGKILL)
+    assert wait_for(lambda: not os.path.exists(f"/proc/{container_pid}/ns")), "the container outlived its supervisor"
+    left = leaks(before, snapshot())
+    left.pop("namespaces", None)
+    assert "detached records" in left and "cgroups" in left, left
+    r = labkit_cli("wait", name)
+    assert r.returncode == 125 and "died" in r.stderr, r.stderr
+    r = labkit_cli("cleanup")
+    assert r.returncode == 0, r.stderr
+    assert not settled_leaks(before), f"labkit cleanup left {settled_leaks(before)}"
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
