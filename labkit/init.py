@@ -43,11 +43,15 @@ PID 1 dies, the kernel kills the namespace.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 
 from . import kernel
 from .spawn import Primitive
+
+PR_SET_NAME = 15                   # prctl(2): the thread's name, /proc/PID/comm
+COMM = b"labkit-init"              # at most 15 bytes (TASK_COMM_LEN, include/linux/sched.h)
 
 # Every signal a process can take: SIGKILL and SIGSTOP cannot be blocked (signal(7)).
 FORWARDED = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
@@ -58,6 +62,9 @@ class Init(Primitive):
 
     name = "init"
 
+    def __init__(self) -> None:
+        self._comm = ctypes.create_string_buffer(COMM)     # made here: PID 1 only makes syscalls
+
     def enter(self) -> None:
         """In PID 1, after every other primitive: fork; the child returns (to execve the
         command), PID 1 never returns (it serves as init until the command exits)."""
@@ -67,6 +74,7 @@ class Init(Primitive):
         if command == 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, set())     # the command: an empty mask
             return
+        kernel.prctl(PR_SET_NAME, ctypes.addressof(self._comm))   # ps shows labkit-init, not python
         serve(command)
 
 

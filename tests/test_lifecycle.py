@@ -41,7 +41,7 @@ def test_sigterm_from_the_host_ends_a_shell_only_with_init(init, no_leaks):
         os.kill(proc.pid, signal.SIGTERM)           # the container's PID 1, from the host
         status = proc.wait(timeout=3)
     if init:
-        assert comm != "sh", "with --init, PID 1 is labkit's init, not the shell"
+        assert comm == "labkit-init", "with --init, PID 1 is labkit's init, not the shell"
         assert status == 128 + signal.SIGTERM, "init exits with the command's status, 128+N"
     else:
         assert comm == "sh"
