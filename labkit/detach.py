@@ -39,7 +39,6 @@ import select
 import shutil
 import signal
 import sys
-import time
 from typing import NoReturn
 
 from . import container

@@ -186,3 +186,12 @@ def test_bad_input_is_one_line_and_125(args, no_leaks):
     r = labkit_cli(*args)
     assert r.returncode == 125 and r.stdout == "" and len(r.stderr.splitlines()) == 1, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
+
+
+def test_trace_with_init_traces_the_command(no_leaks):
+    """The command is PID 1's child: the trace follows it (event-fork) from its execve."""
+    r = labkit_cli("trace", "--init", "--json", "--syscalls", "sethostname", "--", "hostname", "x")
+    assert r.returncode == 1, r.stderr
+    records = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+    calls = [x for x in records if x.get("syscall") == "sethostname"]
+    assert len(calls) == 1 and calls[0]["phase"] == "command" and calls[0]["errno"] == "EPERM", calls
