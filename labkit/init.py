@@ -36,7 +36,9 @@ be for PID 1 itself). PID 1 stays behind as the loop of ``serve()``:
   left in the namespace.
 
 The command's child processes are not signalled by PID 1 (only the command,
-as Docker's init does by default). A parent death signal does not pass to a
+as Docker's init does by default). With -t, the command stays in PID 1's
+process group: a ^C of the terminal reaches both, and the command then gets
+SIGINT twice (once from the terminal, once forwarded). A parent death signal does not pass to a
 fork's child (prctl(2), PR_SET_PDEATHSIG), and the command needs none: if
 PID 1 dies, the kernel kills the namespace.
 """
