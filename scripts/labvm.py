@@ -51,7 +51,7 @@ INCLUDE = ("linux-image-amd64,initramfs-tools,systemd,systemd-sysv,udev,dbus,kmo
 # as does a change to the guest's files below or to BUILD_STEPS (bump it when
 # Image.build does something new).
 INPUTS = ("vagrant/provision.sh", "scripts/setup.sh", "scripts/jupyter-service.sh",
-          "scripts/put.sh", "requirements.txt", "pyproject.toml")
+          "scripts/put.sh", "requirements.lock", "pyproject.toml")
 BUILD_STEPS = 2
 DISK_SIZE = "12G"
 SWAP_SIZE = "1G"

@@ -5,7 +5,9 @@
 #   iproute2, util-linux (unshare, for comparison), runc and bubblewrap (benchmarks),
 #   libseccomp2 (the seccomp filter, through pyseccomp).
 #   A Python virtual environment in $LABKIT_VENV (default: .venv in the repository)
-#   with requirements.txt and labkit itself (pip install -e).
+#   with the classroom's locked set (requirements.lock: every package pinned, with its
+#   hashes, so every machine of a class gets the same files) and labkit itself (pip
+#   install -e, no dependencies: the lock has them).
 #   With --test (what `./lab test` and CI use), also the test suite's tools:
 #   vagrant (`vagrant validate`), shellcheck, debootstrap (a fresh Debian root for
 #   the provisioning test), linux-libc-dev (the kernel's syscall tables), git.
@@ -48,12 +50,13 @@ if [ ! -x "$venv/bin/python" ]; then
     echo "setup: creating the virtual environment $venv"
     "$python" -m venv "$venv"
 fi
-# pip is run only when requirements.txt or pyproject.toml changed since the last run.
+# pip is run only when the lock or pyproject.toml changed since the last run.
 stamp="$venv/.labkit-installed"
-want=$(cat "$repo/requirements.txt" "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)
+want=$(cat "$repo/requirements.lock" "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "setup: installing the Python packages (requirements.txt, labkit)"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements.txt"
+    echo "setup: installing the Python packages (requirements.lock, labkit)"
+    # --require-hashes: a file whose sha256 is not in the lock is refused, whatever index served it.
+    "$venv/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$repo/requirements.lock"
     # compat mode: a plain path in a .pth file, no import hook (keeps `labkit run` fast)
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$repo" --config-settings editable_mode=compat
     # matplotlib builds its font cache on first import and, when that takes over 5 s
