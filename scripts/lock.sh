@@ -34,3 +34,9 @@ CUSTOM_COMPILE_COMMAND="scripts/lock.sh" "$tools/venv/bin/pip-compile" -q --gene
     --strip-extras --no-emit-index-url --index-url https://pypi.org/simple \
     -o requirements.lock requirements.txt
 echo "lock: requirements.lock made from requirements.txt ($(grep -c '^[A-Za-z0-9].*==' requirements.lock) packages)"
+# The end-to-end test's package (Playwright), installed into the same venv by `./lab vm e2e`:
+# locked too, within the classroom's lock (a package both need gets the classroom's version).
+CUSTOM_COMPILE_COMMAND="scripts/lock.sh" "$tools/venv/bin/pip-compile" -q --generate-hashes \
+    --strip-extras --no-emit-index-url --index-url https://pypi.org/simple \
+    --constraint requirements.lock -o e2e/requirements.lock e2e/requirements.txt
+echo "lock: e2e/requirements.lock made from e2e/requirements.txt ($(grep -c '^[A-Za-z0-9].*==' e2e/requirements.lock) packages)"
