@@ -1,5 +1,6 @@
 """The shell scripts: shellcheck-clean, LF line endings, and the lab VM's
-provisioning run twice on a fresh Debian root, the second run a no-op.
+provisioning run twice on a fresh Debian root, the second run a no-op. And the
+package: what pyproject declares, the classroom's lock, `pip install .`.
 
 The fresh root is a debootstrap of Debian 12 (what the lab VM's box runs),
 made once and kept as a tarball in /var/cache/labkit/debootstrap (outside the
@@ -23,13 +24,18 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
+import zipfile
 
 import nbformat
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from labkit import exercises, kernel, spawn
 
@@ -324,7 +330,8 @@ def test_provisioning_a_fresh_debian_twice_changes_nothing_the_second_time(fresh
     nbformat.write(nb, edited)
     os.unlink(deleted)
     again = run_contained(["/usr/bin/env", "LABKIT_JUPYTER_IP=0.0.0.0", "LABKIT_VENV=/opt/labkit/venv",
-                           "/bin/bash", "/labkit/scripts/jupyter-service.sh"], FreshRoot(fresh_root, binds), timeout=120)
+                           "/bin/bash", "/labkit/scripts/jupyter-service.sh"],
+                          FreshRoot(fresh_root, binds), timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"jupyter-service: changed {HANDOUTS} (1 handouts built)" in again.stdout, again.stdout
     assert nbformat.read(edited, as_version=4).cells[-1].source == "answer = 'mine'"
@@ -366,3 +373,222 @@ def http_code(url: str, server: spawn.Process, timeout: float = 60) -> int:
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"JupyterLab did not answer on {url}: {server.stdout[-2000:]}{server.stderr[-2000:]}")
             time.sleep(0.5)
+
+
+# --- The package: what pyproject declares, the classroom's lock, the license -------------
+
+LOCK = os.path.join(REPO, "requirements.lock")
+# The Pythons a class runs (Debian 12's python3.11, Debian 13's python3.13) on the lab VM's
+# architectures (x86_64; aarch64 on Apple Silicon Macs).
+DEBIAN_PYTHONS = ("3.11.2", "3.13.5")
+ARCHES = ("x86_64", "aarch64")
+
+
+def pyproject() -> dict:
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def declared() -> list[Requirement]:
+    """pyproject's runtime dependencies and those of every extra, but labkit's own extras."""
+    project = pyproject()["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    reqs += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    return [r for r in reqs if canonicalize_name(r.name) != "labkit"]
+
+
+def pins(path: str) -> dict[str, str]:
+    """Every ``name==version`` line of a requirements file: canonical name -> version."""
+    with open(path) as f:
+        found = (re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line) for line in f)
+        return {canonicalize_name(m.group(1)): m.group(2) for m in found if m}
+
+
+def lock_entries(path: str = LOCK) -> dict[str, dict]:
+    """pip-compile's output: canonical name -> {"version", "hashes", "via"} (via: what asked for it)."""
+    entries: dict[str, dict] = {}
+    entry: dict = {}
+    with open(path) as f:
+        for line in f:
+            if m := re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\]+)", line):
+                entry = entries[canonicalize_name(m.group(1))] = {"version": m.group(2), "hashes": [], "via": []}
+            elif m := re.match(r"\s+--hash=sha256:([0-9a-f]{64})", line):
+                entry["hashes"].append(m.group(1))
+            elif entry and (m := re.match(r"\s+#\s+(?:via\s+)?(\S.*)$", line)):
+                entry["via"].append(m.group(1).strip())
+    return entries
+
+
+def test_requirements_txt_pins_exactly_what_pyproject_declares():
+    """The classroom's set is labkit's dependencies, each at one version pyproject allows."""
+    classroom = pins(os.path.join(REPO, "requirements.txt"))
+    for req in declared():
+        name = canonicalize_name(req.name)
+        assert name in classroom, f"{req.name} is declared in pyproject.toml but not pinned in requirements.txt"
+        assert req.specifier.contains(classroom[name]), f"requirements.txt pins {name}=={classroom[name]}, " \
+                                                        f"outside pyproject's {req}"
+    assert set(classroom) == {canonicalize_name(r.name) for r in declared()}
+
+
+def test_pyroute2_and_the_seccomp_binding_are_runtime_dependencies():
+    runtime = {canonicalize_name(Requirement(r).name): Requirement(r)
+               for r in pyproject()["project"]["dependencies"]}
+    assert set(runtime) == {"pyroute2", "pyseccomp"}
+    assert runtime["pyroute2"].specifier.contains("0.9.7")
+    assert not runtime["pyroute2"].specifier.contains("0.10.0"), "pyroute2 needs an upper bound"
+
+
+def test_the_lock_is_made_from_requirements_txt_and_hashes_every_package():
+    """Every pin of requirements.txt is in the lock at the same version, the lock's
+    top-level entries are requirements.txt's (a lock not made again after an edit
+    fails here), and every package in it has its hashes."""
+    classroom = pins(os.path.join(REPO, "requirements.txt"))
+    lock = lock_entries()
+    assert len(lock) > len(classroom)
+    for name, version in classroom.items():
+        assert name in lock, f"{name} is in requirements.txt, not in requirements.lock: run scripts/lock.sh"
+        assert lock[name]["version"] == version, f"{name}: requirements.txt pins {version}, " \
+                                                 f"the lock {lock[name]['version']}: run scripts/lock.sh"
+    top = {name for name, e in lock.items() if "-r requirements.txt" in e["via"]}
+    assert top == set(classroom), "requirements.lock is not made from this requirements.txt: run scripts/lock.sh"
+    assert all(e["hashes"] for e in lock.values()), [n for n, e in lock.items() if not e["hashes"]]
+    assert pins(LOCK) == {n: e["version"] for n, e in lock.items()}      # nothing left unparsed
+
+
+def test_the_e2e_lock_agrees_with_the_classroom_lock():
+    e2e = lock_entries(os.path.join(REPO, "e2e", "requirements.lock"))
+    assert set(pins(os.path.join(REPO, "e2e", "requirements.txt"))) <= set(e2e)
+    assert all(e["hashes"] for e in e2e.values())
+    lock = lock_entries()
+    assert all(lock[n]["version"] == e["version"] for n, e in e2e.items() if n in lock)
+
+
+def manylinux_tags(arch: str) -> list[str]:
+    """Every manylinux platform tag a glibc 2.36 system (Debian 12; 13 has 2.41) accepts
+    (PEP 600, and the older aliases of PEP 513, 571 and 599)."""
+    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(41, 4, -1)]
+    tags += [f"manylinux2014_{arch}", f"linux_{arch}"]
+    if arch == "x86_64":
+        tags += ["manylinux2010_x86_64", "manylinux1_x86_64"]
+    return tags
+
+
+def marker_env(python: str, arch: str) -> dict[str, str]:
+    """The values of PEP 508's environment markers on Debian with CPython ``python``."""
+    return {"python_version": ".".join(python.split(".")[:2]), "python_full_version": python,
+            "implementation_name": "cpython", "platform_python_implementation": "CPython",
+            "implementation_version": python, "sys_platform": "linux", "os_name": "posix",
+            "platform_system": "Linux", "platform_machine": arch, "platform_release": "",
+            "platform_version": ""}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python", DEBIAN_PYTHONS)
+@pytest.mark.parametrize("arch", ARCHES)
+def test_the_lock_installs_on_debian_12_and_13(python, arch, tmp_path):
+    """One lock for every machine of a class: each pinned release has a wheel for that
+    Python and architecture whose sha256 is in the lock (pip download from PyPI, in
+    hash-checking mode), and every package a wheel requires there (its markers evaluated
+    for that Python, its extras followed) is in the lock."""
+    platforms = [arg for tag in manylinux_tags(arch) for arg in ("--platform", tag)]
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes",
+                             "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+                             *platforms, "-d", str(tmp_path), "-r", LOCK],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lock = lock_entries()
+    wheels = {canonicalize_name(w.split("-")[0]): tmp_path / w for w in os.listdir(tmp_path)}
+    assert set(wheels) == set(lock)
+
+    requires = {}
+    for name, wheel in wheels.items():
+        with zipfile.ZipFile(wheel) as z:
+            metadata = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+            text = z.read(metadata).decode()
+        requires[name] = [Requirement(r) for r in re.findall(r"^Requires-Dist: (.+)$", text, re.M)]
+    env = marker_env(python, arch)
+    wanted = {canonicalize_name(n): set() for n in pins(os.path.join(REPO, "requirements.txt"))}
+    todo = list(wanted)
+    while todo:
+        name = todo.pop()
+        for req in requires[name]:
+            extras = wanted[name] | {""}
+            if req.marker and not any(req.marker.evaluate(dict(env, extra=e)) for e in extras):
+                continue
+            dep = canonicalize_name(req.name)
+            assert dep in lock, f"on Python {python}, {name} requires {req}, which is not in the lock"
+            assert req.specifier.contains(lock[dep]["version"], prereleases=True), \
+                f"on Python {python}, {name} requires {req}; the lock has {lock[dep]['version']}"
+            new = dep not in wanted or not set(req.extras) <= wanted[dep]
+            wanted.setdefault(dep, set()).update(req.extras)
+            if new:
+                todo.append(dep)
+
+
+def test_license_is_mit_as_pyproject_says():
+    with open(os.path.join(REPO, "LICENSE")) as f:
+        text = f.read()
+    assert text.startswith("MIT License\n")
+    assert "Copyright (c) 2026 the labkit authors" in text
+    assert "THE SOFTWARE IS PROVIDED \"AS IS\"" in text
+    assert pyproject()["project"]["license"] == {"text": "MIT"}
+
+
+def test_the_version_has_one_source():
+    """pyproject reads labkit.__version__ (what `labkit --version` prints); it states none of its own."""
+    conf = pyproject()
+    assert "version" not in conf["project"] and "version" in conf["project"]["dynamic"]
+    assert conf["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "labkit.__version__"}
+
+
+@pytest.fixture
+def installed(tmp_path):
+    """A fresh venv outside the repository with ``pip install SRC`` (not editable) of a
+    copy of this checkout, at the lock's versions; its bin directory. (The versions only:
+    hashes in a constraints file put pip in hash-checking mode, which refuses a directory
+    and every dependency pyproject gives as a range.)"""
+    src = tmp_path / "src"
+    for f in repo_files():
+        if f.startswith("labkit/") or f in ("pyproject.toml", "README.md", "LICENSE"):
+            os.makedirs(os.path.dirname(src / f), exist_ok=True)
+            shutil.copy2(os.path.join(REPO, f), src / f)
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("".join(f"{name}=={version}\n" for name, version in pins(LOCK).items()))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    result = subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check",
+                             "-c", str(constraints), str(src)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return venv / "bin"
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without what would make Python find the checkout."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+@pytest.mark.slow
+def test_pip_install_gives_a_labkit_that_runs(installed, tmp_path):
+    """`pip install .` into an empty venv installs labkit and its runtime dependencies
+    only (no notebook stack), at the lock's versions, and they suffice: `labkit doctor`
+    runs and `labkit run -- /bin/true` starts a container with every default."""
+    def run(argv: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
+
+    listed = run([str(installed / "pip"), "list", "--format=json", "--disable-pip-version-check"])
+    got = {canonicalize_name(p["name"]): p["version"] for p in json.loads(listed.stdout)}
+    lock = lock_entries()
+    runtime = got.keys() - {"labkit", "pip", "setuptools"}
+    assert {"pyroute2", "pyseccomp"} <= runtime
+    assert not runtime & {"jupyterlab", "matplotlib", "nbformat", "pytest"}, runtime
+    assert {n: got[n] for n in runtime} == {n: lock[n]["version"] for n in runtime}
+
+    where = run([str(installed / "python"), "-c", "import importlib.metadata as m, labkit; "
+                 "print(labkit.__file__); print(m.version('labkit') == labkit.__version__)"])
+    assert where.returncode == 0, where.stderr
+    assert where.stdout.startswith(str(installed.parent / "lib")) and where.stdout.endswith("\nTrue\n"), where.stdout
+
+    doctor = run([str(installed / "labkit"), "doctor"])
+    assert doctor.returncode == 0 and doctor.stdout.endswith("\nready\n"), doctor.stdout + doctor.stderr
+    true = run([str(installed / "labkit"), "run", "--", "/bin/true"])
+    assert true.returncode == 0, true.stdout + true.stderr
