@@ -541,12 +541,11 @@ def test_the_version_has_one_source():
     assert conf["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "labkit.__version__"}
 
 
-@pytest.fixture
-def installed(tmp_path):
-    """A fresh venv outside the repository with ``pip install SRC`` (not editable) of a
-    copy of this checkout, at the lock's versions; its bin directory. (The versions only:
-    hashes in a constraints file put pip in hash-checking mode, which refuses a directory
-    and every dependency pyproject gives as a range.)"""
+def pip_install(tmp_path, extras: str = ""):
+    """A fresh venv outside the repository with ``pip install SRC[extras]`` (not editable)
+    of a copy of this checkout, at the lock's versions; its bin directory. (The versions
+    only: hashes in a constraints file put pip in hash-checking mode, which refuses a
+    directory and every dependency pyproject gives as a range.)"""
     src = tmp_path / "src"
     for f in repo_files():
         if f.startswith("labkit/") or f in ("pyproject.toml", "README.md", "LICENSE"):
@@ -557,14 +556,23 @@ def installed(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     result = subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check",
-                             "-c", str(constraints), str(src)], capture_output=True, text=True, timeout=900)
+                             "-c", str(constraints), f"{src}{extras}"], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return venv / "bin"
 
 
-def clean_env() -> dict[str, str]:
-    """This process's environment without what would make Python find the checkout."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+@pytest.fixture
+def installed(tmp_path):
+    return pip_install(tmp_path)
+
+
+def clean_env(bin_dir=None) -> dict[str, str]:
+    """This process's environment without what would make Python find the checkout
+    (and with ``bin_dir`` first on PATH)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    if bin_dir:
+        env["PATH"] = f"{bin_dir}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    return env
 
 
 @pytest.mark.slow
@@ -592,3 +600,23 @@ def test_pip_install_gives_a_labkit_that_runs(installed, tmp_path):
     assert doctor.returncode == 0 and doctor.stdout.endswith("\nready\n"), doctor.stdout + doctor.stderr
     true = run([str(installed / "labkit"), "run", "--", "/bin/true"])
     assert true.returncode == 0, true.stdout + true.stderr
+
+
+@pytest.mark.slow
+def test_pip_install_with_the_test_extra_runs_a_notebook(tmp_path):
+    """`pip install '.[test]'` (so [lab] too) into an empty venv runs a notebook that
+    draws with matplotlib and labkit.viz: nbval, strict, in that venv only (the
+    notebook copied out of the repository, so the kernel imports the installed labkit)."""
+    bin_dir = pip_install(tmp_path, "[test]")
+    name = "02-uts-and-ipc.ipynb"
+    for f in (name, "nbval-sanitize.cfg"):
+        shutil.copy2(os.path.join(REPO, "notebooks", f), tmp_path / f)
+    result = subprocess.run([str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "--nbval", "--nbval-current-env", "--nbval-sanitize-with", "nbval-sanitize.cfg",
+                             "-W", "ignore:Overlapping options from comments and metadata", name],
+                            cwd=tmp_path, env=clean_env(bin_dir), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert re.search(r"\b\d+ passed", result.stdout), result.stdout[-2000:]
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import labkit; print(labkit.__file__)"],
+                           cwd=tmp_path, env=clean_env(bin_dir), capture_output=True, text=True, check=True)
+    assert where.stdout.startswith(str(bin_dir.parent / "lib")), where.stdout
