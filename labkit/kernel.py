@@ -70,11 +70,11 @@ PR_CAP_AMBIENT = 47
 
 def syscall(name: str, *args: object) -> int:
     """syscall(2) by name, for the calls libc has no wrapper for; ENOSYS where
-    labkit knows no number for this machine (syscalls.py holds the tables)."""
+    libseccomp knows no number for it on this machine (syscalls.py asks it)."""
     try:
         number = syscall_number(name)
     except KeyError:
-        raise OSError(errno.ENOSYS, f"{name}: labkit knows no syscall number for {os.uname().machine}") from None
+        raise OSError(errno.ENOSYS, f"{name}: libseccomp knows no syscall number for it on {os.uname().machine}") from None
     return _check(_libc.syscall(ctypes.c_long(number), *args), name)
 
 
