@@ -59,19 +59,13 @@ def last_cap() -> int:
 
 def read(pid: int | str = "self") -> CapSets:
     """The five capability sets of process ``pid``, from /proc/PID/status."""
-    found: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in STATUS_LINES:
-                found[STATUS_LINES[key]] = int(value, 16)
-    return CapSets(**found)
+    status = kernel.proc_status(pid)
+    return CapSets(**{field: int(status[line], 16) for line, field in STATUS_LINES.items()})
 
 
 def no_new_privs(pid: int | str = "self") -> bool:
     """Whether process ``pid`` has no_new_privs set (the NoNewPrivs line of /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        return any(line.split() == ["NoNewPrivs:", "1"] for line in f)
+    return kernel.proc_status(pid).get("NoNewPrivs") == "1"
 
 
 def decode(mask: int) -> list[str]:

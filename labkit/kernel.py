@@ -68,6 +68,24 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 
+# The calls labkit makes through syscall() below, by name: libc has no wrapper for them.
+BY_NUMBER = ("pivot_root", "fsopen", "fsconfig", "fsmount", "finit_module", "bpf")
+
+
+def resolve_syscall_numbers() -> None:
+    """Look up, now, the numbers of the calls this module makes by number.
+
+    syscall() asks libseccomp (syscalls.py), which loads a shared library and
+    allocates; spawn() calls this in the parent, so that a child between fork
+    and execve (kernel.pivot_root in a primitive's enter()) finds them cached.
+    """
+    for name in BY_NUMBER:
+        try:
+            syscall_number(name)
+        except KeyError:
+            pass                                  # syscall() raises ENOSYS when it is called
+
+
 def syscall(name: str, *args: object) -> int:
     """syscall(2) by name, for the calls libc has no wrapper for; ENOSYS where
     libseccomp knows no number for it on this machine (syscalls.py asks it)."""
@@ -269,6 +287,17 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+def proc_status(pid: int | str = "self") -> dict[str, str]:
+    """The fields of /proc/PID/status, ``{"CapEff": "00000000a80425fb", "NSpid": "4242 1", ...}``.
+
+    proc(5): one ``Name:<TAB>value`` line a field, written by the kernel's
+    proc_pid_status() (fs/proc/array.c); values keep their own spacing
+    (``Uid`` lists four ids, ``NSpid`` one PID a namespace, outermost first).
+    """
+    with open(f"/proc/{pid}/status") as f:
+        return {key: value.strip() for key, _, value in (line.partition(":") for line in f)}
 
 
 def ns_inode(pid: int | str, ns: str) -> int:

@@ -42,11 +42,10 @@ class PidNamespace(Primitive):
 def nspid(pid: int) -> list[int]:
     """The PIDs of host process ``pid`` in each PID namespace, outermost first
     (the ``NSpid`` line of /proc/PID/status, see proc(5))."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("NSpid:"):
-                return [int(n) for n in line.split()[1:]]
-    raise LookupError(f"no NSpid line for PID {pid}")
+    line = kernel.proc_status(pid).get("NSpid")
+    if line is None:
+        raise LookupError(f"no NSpid line for PID {pid}")
+    return [int(n) for n in line.split()]
 
 
 class ProcessEntry(NamedTuple):

@@ -636,16 +636,10 @@ class Trace(Primitive):
     def _seccomp_rule(self, rec: Record) -> str:
         """The rule of the filter labkit loaded that answers this call with its
         errno, when the trace saw the filter loaded; else ''."""
-        if self.filter is None or not any(r.loads_seccomp() for r in self.records):
+        if self.filter is None or rec.ret is None or not any(r.loads_seccomp() for r in self.records):
             return ""
-        from . import seccomp
-
-        matching = [r for r in seccomp.rules(self.filter.denied)
-                    if r.syscall == rec.syscall and -r.errno == rec.ret]
-        if len(matching) > 1:
-            return (f"seccomp: {rec.syscall} asking for a new namespace -> SCMP_ACT_ERRNO({rec.errno}) "
-                    "(which flag: sys_exit does not say)")
-        return f"seccomp: {matching[0]}" if matching else ""
+        rule = self.filter.explain(rec.syscall, rec.ret)
+        return f"seccomp: {rule}" if rule else ""
 
     def user_ns_of(self, fields: dict[str, str]) -> str:
         """Name the user namespace a cap_capable event checked against (target_ns:

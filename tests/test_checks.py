@@ -188,9 +188,13 @@ def test_open_checks_search_permission_before_looking_the_name_up(no_leaks, tmp_
 
 
 def test_fork_checks_the_namespace_capability_before_the_pids_limit(no_leaks):
-    code = """
+    # clone's number is looked up here: the program cannot load libseccomp under pids.max 1
+    # (pyseccomp finds the library with ldconfig, a child process).
+    code = f"""
+import ctypes
 def clone(flags):
-    child = kernel.syscall("clone", flags | signal.SIGCHLD, 0, 0, 0, 0)
+    child = kernel._check(ctypes.CDLL(None, use_errno=True).syscall(
+        {syscall_number("clone")}, flags | signal.SIGCHLD, 0, 0, 0, 0), "clone")
     if child == 0:
         os._exit(0)
     os.waitpid(child, 0)
