@@ -24,7 +24,7 @@ import os
 from . import kernel
 from .cgroups import layout, open_self_move
 from .errors import LabkitError
-from .spawn import Primitive
+from .spawn import Primitive, die_with_parent
 
 # /proc/PID/ns names in the order to join them (user first, mount last).
 JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")
@@ -82,6 +82,9 @@ class JoinNamespaces(Primitive):
         if self.user:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
+            # The new UID cleared the parent-death signal (kernel/cred.c commit_creds(),
+            # prctl(2) PR_SET_PDEATHSIG): arm it again, and check the parent.
+            die_with_parent()
 
     def release(self) -> None:
         for fd in self.fds + self.procs_fds + ([self.root_fd] if self.root_fd is not None else []):

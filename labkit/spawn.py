@@ -50,6 +50,41 @@ DEFAULT_ENV = {
 }
 
 
+# How a child, between fork and execve, tells that its parent still lives
+# (die_with_parent); set in the child itself, right after the fork.
+_parent_pid = 0          # child A: the PID of the process that forked it
+_lifeline = -1           # child B: the read end of a pipe whose only write end child A holds
+
+
+def die_with_parent() -> None:
+    """Ask for SIGKILL when the parent dies, then make sure it has not already.
+
+    prctl(2) PR_SET_PDEATHSIG: the kernel sends the signal when the parent
+    thread dies *after* the call; a parent that died between fork and the call
+    is missed, so the child checks once the signal is armed, as runc does, and
+    exits at once if its parent is gone. Child A compares getppid() with the
+    PID of the process that forked it (an orphan gets a new parent). Child B's
+    parent, child A, is outside B's PID namespace when B has a new one, where
+    getppid() returns 0 (pid_namespaces(7)): B reads its lifeline pipe instead,
+    end-of-file once child A, the only writer, is gone.
+
+    The kernel clears the setting when the process's credentials change
+    (kernel/cred.c commit_creds(): a new effective or filesystem UID or GID, or
+    capabilities that are not a subset of the old ones; prctl(2)): a hook that
+    changes them calls this again.
+    """
+    kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _lifeline >= 0:
+        try:
+            gone = os.read(_lifeline, 1) == b""
+        except BlockingIOError:             # empty but open: child A still holds the write end
+            gone = False
+    else:
+        gone = os.getppid() != _parent_pid
+    if gone:
+        os._exit(128 + signal.SIGKILL)      # as the signal would have ended it
+
+
 class Primitive:
     """One isolation primitive: the namespaces it needs and its five hooks.
 
@@ -204,6 +239,7 @@ def spawn(argv: Sequence[str], primitives: Iterable[Primitive] = (), *,
     if not argv:
         raise UsageError("no command given", "name the command to run, e.g. -- /bin/sh -c 'echo hi'")
     prims = list(primitives)
+    kernel.resolve_syscall_numbers()       # in the parent: the child must not load libseccomp
     try:
         for p in prims:
             p.prepare()
@@ -244,8 +280,11 @@ def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
     if given is not None and not capture:
         stdio = given
 
+    parent = os.getpid()
     pid_a = kernel.fork()
     if pid_a == 0:
+        global _parent_pid
+        _parent_pid = parent
         _child_a(argv, prims, env, flags, fork_b, bool(joins), stdio, status_w, go_r, relay_w)
     for fd in (status_w, go_r, relay_w) + ((stdin,) if capture else ()):
         os.close(fd)
@@ -275,9 +314,10 @@ def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags
              fork_b: bool, wait_for_joins: bool, stdio: tuple[int, int, int], status_w: int,
              go_r: int, relay_w: int) -> None:
     """Child A: unshare (or setns), wait for the parent's joins, then become or fork PID 1."""
+    global _lifeline
     step = "prctl(PR_SET_PDEATHSIG)"
     try:
-        kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)   # parent dies -> we die
+        die_with_parent()
         step = "unshare"
         kernel.unshare(flags)
         for p in prims:
@@ -290,12 +330,17 @@ def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags
         if not (flags & kernel.CLONE_NEWPID or fork_b):
             os.write(relay_w, b"P%d\n" % os.getpid())
             _exec_child(argv, prims, env, stdio, status_w)
+        step = "pipe2"
+        life_r, life_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)   # B's lifeline (die_with_parent)
         step = "fork"
         pid_b = kernel.fork_single_threaded()     # a fork's child: one thread (kernel.fork)
         if pid_b == 0:
             step = "prctl(PR_SET_PDEATHSIG)"
-            kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
+            os.close(life_w)
+            _lifeline = life_r
+            die_with_parent()
             _exec_child(argv, prims, env, stdio, status_w)
+        os.close(life_r)                          # A keeps life_w open until it exits
         # A stays only to relay B's status; the terminal's ^C is for B, not us.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGQUIT,
                                                   signal.SIGTERM, signal.SIGHUP})

@@ -27,12 +27,11 @@ should have inside. Files it creates carry the *outside* ID on disk.
 from __future__ import annotations
 
 import os
-import signal
 from typing import NamedTuple, Sequence
 
 from . import kernel
 from .errors import KernelError, UsageError
-from .spawn import Primitive
+from .spawn import Primitive, die_with_parent
 
 ID_MAX = 4294967294            # (uid_t)-1 is "no ID", so the largest ID is one less
 MAP_LINES_MAX = 340            # user_namespaces(7), since Linux 4.15
@@ -156,5 +155,6 @@ class UserNamespace(Primitive):
             os.setgroups([])                  # drop the host's supplementary groups
         os.setresgid(self.gid, self.gid, self.gid)
         os.setresuid(self.uid, self.uid, self.uid)
-        # prctl(2): a change of effective UID clears the parent-death signal; set it again.
-        kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # A change of effective UID clears the parent-death signal (kernel/cred.c
+        # commit_creds(), prctl(2) PR_SET_PDEATHSIG): arm it again, and check the parent.
+        die_with_parent()

@@ -193,6 +193,37 @@ def test_the_container_dies_with_its_parent():
     assert not os.path.exists(f"/proc/{container}")
 
 
+ORPHAN = """
+import os, sys, time
+from labkit import kernel, spawn
+kernel.prctl(36, 1)                     # PR_SET_CHILD_SUBREAPER: the orphan comes back to us
+lifeline = sys.argv[1] == "lifeline"
+middle = os.fork()
+if middle == 0:
+    r, w = os.pipe2(os.O_NONBLOCK)      # the middle one holds the only write end
+    if os.fork() == 0:                  # the child: armed after its parent, the middle one, is gone
+        os.close(w)
+        while os.getppid() == middle:
+            time.sleep(0.005)
+        spawn._parent_pid, spawn._lifeline = middle, (r if lifeline else -1)
+        spawn.die_with_parent()
+        os._exit(0)
+    os._exit(0)
+os.waitpid(middle, 0)
+_, status = os.waitpid(-1, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("check", ["getppid", "lifeline"])
+def test_a_child_whose_parent_died_before_pdeathsig_was_armed_exits(check):
+    """The kernel sends the parent-death signal only for a death after the prctl;
+    die_with_parent() then finds the parent gone (a new parent PID; the lifeline
+    pipe at end-of-file) and exits as SIGKILL would have: 137."""
+    out = subprocess.run([sys.executable, "-c", ORPHAN, check], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["137"], out.stderr
+
+
 def test_kernel_fork_skips_cpythons_at_fork_work_only_with_one_thread():
     """kernel.fork() in a process with one thread (here a child of os.fork(), as spawn's
     child A) is fork(2) itself: a real child, and no os.register_at_fork() handler runs.
