@@ -257,25 +257,16 @@ class Container:
 
     def run(self, argv: Sequence[str], timeout: float | None = None) -> Result:
         """Run ``argv`` as PID 1 of a fresh container to the end; return its status and output."""
-        self.start(argv)
+        process = self.start(argv)
         try:
-            if self.wait(timeout) is None:
-                raise LabkitError(f"{argv[0]} did not exit within {timeout} s",
-                                  "it was killed; give it more time or check it does not wait for input")
-            assert self.process is not None
-            return Result(self.process.returncode or 0, self.process.stdout, self.process.stderr)
+            return process.finish(timeout)
         finally:
             self.stop()
 
     def exec(self, argv: Sequence[str], timeout: float | None = None) -> Result:
         """Run ``argv`` inside the running container (docker exec); return status and output."""
-        proc = self.exec_start(argv)
-        with proc:
-            if proc.wait(timeout) is None:
-                proc.kill()
-                proc.wait()
-                raise LabkitError(f"{argv[0]} did not exit within {timeout} s", "it was killed")
-        return Result(proc.returncode or 0, proc.stdout, proc.stderr)
+        with self.exec_start(argv) as proc:
+            return proc.finish(timeout)
 
     def exec_start(self, argv: Sequence[str], *, capture: bool = True,
                    stdio: tuple[int, int, int] | None = None, tty: bool = False) -> Process:

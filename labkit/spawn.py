@@ -194,6 +194,16 @@ class Process:
         self.stdout, self.stderr = _drain(self._out), _drain(self._err)
         return self.returncode
 
+    def finish(self, timeout: float | None = None) -> "Result":
+        """Wait for the container to exit and return its status and output; if
+        ``timeout`` seconds pass first, kill it, reap it and raise LabkitError."""
+        if self.wait(timeout) is None:
+            self.kill()
+            self.wait()
+            raise LabkitError(f"{self.argv[0]} did not exit within {timeout} s",
+                              "it was killed; give it more time or check it does not wait for input")
+        return Result(self.returncode or 0, self.stdout, self.stderr)
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the container's init (from the host's PID namespace,
         so SIGKILL reaches even a PID 1, see pid_namespaces(7))."""
@@ -253,12 +263,7 @@ def run(argv: Sequence[str], primitives: Iterable[Primitive] = (), *,
         env: dict[str, str] | None = None, timeout: float | None = None) -> Result:
     """Run ``argv`` to completion in new namespaces; return status and output."""
     with spawn(argv, primitives, env=env) as proc:
-        if proc.wait(timeout) is None:
-            proc.kill()
-            proc.wait()
-            raise LabkitError(f"{argv[0]} did not exit within {timeout} s",
-                              "it was killed; give it more time or check it does not wait for input")
-    return Result(proc.returncode or 0, proc.stdout, proc.stderr)
+        return proc.finish(timeout)
 
 
 def _launch(argv: list[str], prims: list[Primitive], env: dict[str, str],
