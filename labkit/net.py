@@ -39,6 +39,9 @@ from .errors import KernelError, LabkitError, UsageError
 from .netlink import NETNS_DIR, in_netns
 from .spawn import Primitive
 
+# The main routing table, where `ip route` looks by default (<linux/rtnetlink.h>: RT_TABLE_MAIN).
+RT_TABLE_MAIN = 254
+
 LAB_NETWORK = ipaddress.IPv4Network("10.88.0.0/16")
 BRIDGE = "labkit0"
 BRIDGE_ADDRESS = ipaddress.IPv4Interface("10.88.0.1/16")   # also the containers' gateway
@@ -110,7 +113,6 @@ class NetNamespace(Primitive):
 
     name = "net"
     flags = kernel.CLONE_NEWNET
-    mode = "none"
 
     def enter(self) -> None:
         # A new namespace's lo is down: 127.0.0.1 answers only once it is up.
@@ -121,8 +123,6 @@ class BridgeNetwork(NetNamespace):
     """A network namespace on bridge labkit0: eth0 with 10.88.X.Y/16, default route
     via 10.88.0.1 (``--net bridge``). ``host_veth`` is the host end of its veth
     pair (where a tc qdisc shapes the container's traffic)."""
-
-    mode = "bridge"
 
     def __init__(self, ip: str | None = None) -> None:
         self.requested = parse_address(ip) if ip is not None else None
@@ -249,8 +249,10 @@ def _unname_netns(name: str) -> None:
 # --- reading the live state (for the notebook's views) ---------------------------------
 
 def _link_rows(ipr: Any) -> list[dict[str, Any]]:
+    import socket          # here, not on the run path; pyroute2 has loaded it already
+
     addresses: dict[int, list[str]] = {}
-    for a in ipr.get_addr(family=2):
+    for a in ipr.get_addr(family=socket.AF_INET):
         addresses.setdefault(a["index"], []).append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
     names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
     rows = []
@@ -278,9 +280,11 @@ def links(netns: str | None = None) -> list[dict[str, Any]]:
 
 
 def _route_lines(ipr: Any) -> list[str]:
+    import socket          # here, not on the run path; pyroute2 has loaded it already
+
     names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
     lines = []
-    for r in ipr.get_routes(family=2, table=254):
+    for r in ipr.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN):
         dst = r.get_attr("RTA_DST")
         line = f"{dst}/{r['dst_len']}" if dst else "default"
         if r.get_attr("RTA_GATEWAY"):

@@ -19,7 +19,6 @@ import fcntl
 import os
 import select
 import signal
-import struct
 import termios
 import tty
 from typing import Callable
@@ -44,12 +43,6 @@ def open_pty() -> tuple[int, int]:
     if os.isatty(0):
         fcntl.ioctl(slave, termios.TIOCSWINSZ, fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
     return master, slave
-
-
-def window_size(fd: int) -> tuple[int, int]:
-    """(rows, columns) of the terminal on ``fd``."""
-    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
-    return rows, cols
 
 
 def relay(master: int, done: Callable[[], bool]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from typing import Callable, NamedTuple
 
 from ..errors import LabkitError, UsageError
@@ -178,7 +179,7 @@ def block_device(path: str) -> str:
     I/O throttle applies to disks, blkio-controller.rst) or of ``path`` itself
     when it is a block device node such as /dev/loop3."""
     st = os.stat(path)
-    dev = st.st_rdev if (st.st_mode & 0o170000) == 0o060000 else st.st_dev
+    dev = st.st_rdev if stat.S_ISBLK(st.st_mode) else st.st_dev
     number = f"{os.major(dev)}:{os.minor(dev)}"
     sysfs = f"/sys/dev/block/{number}"
     if not os.path.exists(sysfs):
