@@ -29,7 +29,7 @@ examples:
   labkit run -it --name box -- sh                a shell on a terminal, in a container named box
   labkit exec box -- ps                          another process in the running container box
   labkit ps                                      the named containers that run
-  labkit cleanup                                 remove whatever labkit left behind
+  labkit cleanup [--dry-run]                     remove whatever labkit left behind
   labkit exercises build handout/                the student notebooks to hand out
   labkit check submissions/                      grade a class: a row per student (submissions/NAME/*.ipynb)
 """
@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps_cmd = sub.add_parser("ps", help="list the named containers that run")
     ps_cmd.add_argument("--json", action="store_true", help="one JSON object a container")
 
-    sub.add_parser("cleanup", help="remove every kernel object labkit left behind")
+    sub.add_parser("cleanup", help="remove every kernel object labkit left behind").add_argument(
+        "--dry-run", action="store_true", help="list what would be removed, remove nothing")
     detach.add_commands(sub, _Parser)
 
     rootfs_cmd = sub.add_parser("rootfs", help="build a root filesystem for containers")
@@ -391,10 +392,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         raise NotRootError()
     from .cleanup import cleanup
 
-    removed = cleanup()
+    removed = cleanup(dry_run=args.dry_run)
     for line in removed:
-        print(f"removed {line}")
-    print(f"{len(removed)} object(s) removed" if removed else "nothing to clean: the host is as labkit found it")
+        print(f"{'would remove' if args.dry_run else 'removed'} {line}")
+    print(f"{len(removed)} object(s) {'to remove' if args.dry_run else 'removed'}" if removed
+          else "nothing to clean: the host is as labkit found it")
     return 0
 
 

@@ -142,8 +142,13 @@ def labkit_loop_devices() -> list[str]:
     return found
 
 
-def remove_leftovers() -> list[str]:
-    """Detach every labkit loop device and delete labkit's backing files (for `labkit cleanup`)."""
+def remove_leftovers(dry_run: bool = False) -> list[str]:
+    """Detach every labkit loop device and delete labkit's backing files (for
+    `labkit cleanup`); with ``dry_run``, only list them."""
+    if dry_run:
+        files = sorted(os.listdir(BACKING_DIR)) if os.path.isdir(BACKING_DIR) else []
+        return ([f"loop device {d}" for d in labkit_loop_devices()]
+                + [f"file {os.path.join(BACKING_DIR, n)}" for n in files if n.startswith("labkit-")])
     removed = []
     for device in labkit_loop_devices():
         fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)

@@ -79,9 +79,39 @@ def netns_name(address: ipaddress.IPv4Address) -> str:
 
 
 def veth_name(address: ipaddress.IPv4Address) -> str:
-    """The host end of the veth pair of ``address`` 10.88.X.Y: lk-X-Y (IFNAMSIZ is 16)."""
+    """The host end of the veth pair of ``address`` 10.88.X.Y: lk-X-Y (IFNAMSIZ is 16);
+    the container's end is lk-X-Yc until join() moves it and names it eth0."""
     _, _, x, y = str(address).split(".")
     return f"lk-{x}-{y}"
+
+
+def _lab_address(text: str) -> ipaddress.IPv4Address | None:
+    """``text`` as an address of the lab network, or None."""
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError:
+        return None
+    return address if address in LAB_NETWORK else None
+
+
+def is_labkit_link(name: str) -> bool:
+    """Is ``name`` one labkit gives a link: the bridge, or an end of a veth pair
+    named by veth_name() for an address of the lab network (exactly: ``lkfoo``
+    or ``lk-010-1`` is not)."""
+    if name == BRIDGE:
+        return True
+    host = name.removesuffix("c")
+    parts = host.split("-")
+    if len(parts) != 3 or parts[0] != "lk":
+        return False
+    address = _lab_address(".".join(str(LAB_NETWORK.network_address).split(".")[:2] + parts[1:]))
+    return address is not None and veth_name(address) == host
+
+
+def is_labkit_netns(name: str) -> bool:
+    """Is ``name`` one netns_name() gives, for an address of the lab network?"""
+    address = _lab_address(name.removeprefix("labkit-"))
+    return address is not None and netns_name(address) == name
 
 
 @contextmanager

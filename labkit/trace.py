@@ -175,6 +175,10 @@ UNKNOWN = "unknown"         # neither
 DAC_OVERRIDES = ("CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER")
 
 _counter = itertools.count()
+# The names a Trace gives its tracefs instance and its kprobe group: the
+# tracing process's PID and a counter. `labkit cleanup` removes only these.
+INSTANCE_NAME = re.compile(r"labkit-[0-9]+-[0-9]+")
+KPROBE_GROUP = re.compile(r"labkit_[0-9]+_[0-9]+")
 _host_user_ns: dict[int, str | None] = {}   # our user namespace's inode -> its cap_capable pointer
 
 

@@ -164,3 +164,52 @@ def test_the_leak_checker_sees_a_new_tracefs_mount_and_groups_in_every_hierarchy
             if os.path.isdir(d):
                 os.rmdir(d)
     assert "cgroups" not in leaks(before, snapshot())
+
+
+def test_cleanup_removes_only_labkits_exact_names_and_dry_run_removes_nothing():
+    """Links that look like labkit's but are not its names (``lkfoo``, and
+    ``lk-010-1``: veth_name writes no leading zero) and a netns ``labkit-box``
+    survive; a veth pair named as labkit names one (``lk-0-251``, ``lk-0-251c``)
+    and a group under labkit/ are leftovers. ``--dry-run`` lists the leftovers and nothing else,
+    and removes nothing; then `labkit cleanup` removes exactly them."""
+    from pyroute2 import IPRoute
+
+    from labkit import net
+
+    before = snapshot()
+    ours, theirs = "lk-0-251", ["lkfoo", "lk-010-1"]
+    foreign_netns = os.path.join(net.NETNS_DIR, "labkit-box")
+    where = layout.read()
+    hierarchy = where.v2 or where.v1_hierarchy("pids")
+    group = where.labkit_dir(hierarchy, f"t-dry-{os.getpid()}")
+    with IPRoute() as ipr:
+        try:
+            ipr.link("add", ifname=ours, kind="veth", peer=ours + "c")          # both ends labkit's
+            for name in theirs:
+                ipr.link("add", ifname=name, kind="bridge")
+            os.makedirs(net.NETNS_DIR, exist_ok=True)
+            open(foreign_netns, "w").close()
+            os.makedirs(group)
+
+            dry = labkit_cli("cleanup", "--dry-run")
+            assert dry.returncode == 0, dry.stderr
+            assert f"would remove link {ours}\n" in dry.stdout and f"link {ours}c\n" in dry.stdout and f"would remove cgroup {group}\n" in dry.stdout
+            assert not any(name in dry.stdout for name in theirs) and "labkit-box" not in dry.stdout
+            assert "removed" not in dry.stdout
+            assert ipr.link_lookup(ifname=ours) and os.path.isdir(group)          # all still there
+
+            done = labkit_cli("cleanup")
+            assert done.returncode == 0, done.stderr
+            assert f"removed link {ours}\n" in done.stdout and f"removed cgroup {group}\n" in done.stdout
+            assert not ipr.link_lookup(ifname=ours) and not ipr.link_lookup(ifname=ours + "c")
+            assert not os.path.exists(group)
+            assert all(ipr.link_lookup(ifname=name) for name in theirs) and os.path.exists(foreign_netns)
+        finally:
+            for name in [ours, ours + "c", *theirs]:
+                for index in ipr.link_lookup(ifname=name):
+                    ipr.link("del", index=index)
+            if os.path.exists(foreign_netns):
+                os.unlink(foreign_netns)
+            if os.path.isdir(group):
+                os.rmdir(group)
+    assert not settled_leaks(before), f"left {settled_leaks(before)}"
