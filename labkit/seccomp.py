@@ -33,7 +33,7 @@ import os
 from typing import Any, Iterable, NamedTuple
 
 from . import kernel
-from .errors import LabkitError, UsageError
+from .errors import LabkitError
 from .spawn import Primitive
 
 # The calls Docker's default profile denies to a container without
