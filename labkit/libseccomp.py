@@ -17,7 +17,10 @@ from __future__ import annotations
 try:
     import seccomp as binding          # libseccomp's own module (python3-seccomp)
 except ImportError:
-    import pyseccomp as binding        # the same C API through ctypes (pip install pyseccomp)
+    try:
+        import pyseccomp as binding    # the same C API through ctypes (pip install pyseccomp)
+    except RuntimeError as e:          # pyseccomp is there, libseccomp.so.2 is not
+        raise ImportError(str(e)) from None
 
 # SCMP_ARCH_* by the machine name uname(2) gives (os.uname().machine).
 ARCHES: dict[str, int] = {"x86_64": binding.Arch.X86_64, "aarch64": binding.Arch.AARCH64}
