@@ -56,9 +56,6 @@ ARG_FIELDS = {"index", "value", "valueTwo", "op"}
 FILTER_FIELDS = {"caps", "arches", "minKernel"}
 EPERM = 1
 
-# SCMP_ARCH_* of the native machine, by uname -m.
-NATIVE_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
-
 
 class Profile(NamedTuple):
     """A profile as the filter needs it."""
@@ -152,7 +149,9 @@ def _arches(path: str, doc: dict[str, Any]) -> tuple[str, ...]:
 
     if doc.get("architectures") and doc.get("archMap"):
         raise _bad(path, "archMap", "give either architectures or archMap, not both")
-    native = NATIVE_ARCH.get(os.uname().machine, "")
+    # seccomp_arch_native(3), by its name (libseccomp's own module keeps the tokens signed)
+    native = next(f"SCMP_ARCH_{name}" for name in dir(binding.Arch) if name.isupper() and name != "NATIVE"
+                  and getattr(binding.Arch, name) & 0xFFFFFFFF == binding.system_arch() & 0xFFFFFFFF)
     if doc.get("archMap"):
         entries = doc["archMap"]
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
