@@ -54,9 +54,11 @@ def qdisc(netns: str | None, ifname: str) -> dict[str, int]:
     found: dict[str, Any] = {}
 
     def work(ipr: Any) -> None:
+        from pyroute2.netlink.rtnl import TC_H_ROOT     # the parent of a root qdisc (<linux/pkt_sched.h>)
+
         index = ipr.link_lookup(ifname=ifname)[0]
         for msg in ipr.get_qdiscs(index=index):
-            if msg["parent"] == 0xFFFFFFFF:         # TC_H_ROOT
+            if msg["parent"] == TC_H_ROOT:
                 stats = msg.get_attr("TCA_STATS2").get_attr("TCA_STATS_BASIC")
                 queue = msg.get_attr("TCA_STATS2").get_attr("TCA_STATS_QUEUE")
                 found.update(kind=msg.get_attr("TCA_KIND"), bytes=stats["bytes"],
