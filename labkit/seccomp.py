@@ -234,7 +234,7 @@ class Seccomp(Primitive):
         action, number = self.default
         allowed = any(r.syscall == syscall and r.action == "SCMP_ACT_ALLOW" and not r.args for r in self.rules)
         if action in WITH_ERRNO and number is not None and -number == ret and not allowed:
-            return f"{syscall}: no rule, defaultAction {action_name(action, number)}"
+            return f"{syscall}: no rule matches, defaultAction {action_name(action, number)}"
         return ""
 
 

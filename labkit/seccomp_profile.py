@@ -135,7 +135,7 @@ def _action(path: str, field: str, name: Any, errno_field: str, number: Any) -> 
     if name not in WITH_ERRNO:
         if number is not None:
             raise _bad(path, errno_field, f"{name} returns no errno")
-        return name, None
+        return ("SCMP_ACT_KILL" if name == "SCMP_ACT_KILL_THREAD" else name), None     # one action, two names
     if number is None:
         return name, EPERM                       # the OCI runtime spec's default
     if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 4095:

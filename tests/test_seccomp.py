@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import sys
 
 import pytest
@@ -84,7 +85,7 @@ def test_a_default_errno_profile_names_its_default_action(tmp_path):
                                 "syscalls": [{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}))
     filt = seccomp.Seccomp.from_profile(str(path))
     assert filt.default == ("SCMP_ACT_ERRNO", errno.ENOSYS)
-    assert filt.explain("keyctl", -errno.ENOSYS) == "keyctl: no rule, defaultAction SCMP_ACT_ERRNO(ENOSYS)"
+    assert filt.explain("keyctl", -errno.ENOSYS) == "keyctl: no rule matches, defaultAction SCMP_ACT_ERRNO(ENOSYS)"
     assert filt.explain("read", -errno.ENOSYS) == ""
 
 
@@ -128,3 +129,15 @@ def test_a_bad_profile_is_one_usage_error_naming_the_field(tmp_path, content, fi
 def test_a_missing_profile_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="No such file"):
         seccomp.Seccomp.from_profile(str(tmp_path / "none.json"))
+
+
+def test_a_kill_action_ends_the_process_with_sigsys(tmp_path, no_leaks):
+    """SCMP_ACT_KILL_PROCESS: seccomp(2) SECCOMP_RET_KILL_PROCESS ends the whole
+    process as if by SIGSYS, without running the call."""
+    path = tmp_path / "kill.json"
+    path.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW",
+                                "syscalls": [{"names": ["uname"], "action": "SCMP_ACT_KILL_PROCESS"}]}))
+    program = "import os, sys\nprint('before', flush=True)\nos.uname()\nprint('after')"
+    result = spawn.run([sys.executable, "-c", program],
+                       [pid.PidNamespace(), caps.Capabilities(), seccomp.Seccomp.from_profile(str(path))], timeout=30)
+    assert (result.returncode, result.stdout) == (-signal.SIGSYS, "before\n")
