@@ -92,7 +92,8 @@ def syscall(name: str, *args: object) -> int:
     try:
         number = syscall_number(name)
     except KeyError:
-        raise OSError(errno.ENOSYS, f"{name}: libseccomp knows no syscall number for it on {os.uname().machine}") from None
+        raise OSError(errno.ENOSYS,
+                      f"{name}: libseccomp knows no syscall number for it on {os.uname().machine}") from None
     return _check(_libc.syscall(ctypes.c_long(number), *args), name)
 
 
