@@ -20,6 +20,8 @@ bits and file capabilities altogether, for this process and all its children.
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Iterable, NamedTuple
 
 from . import kernel
@@ -118,26 +120,48 @@ class Capabilities(Primitive):
     """Drop every capability but ``keep`` from all five sets, then set no_new_privs.
 
     In enter(), in this order (each step needs what the next one removes):
-    prctl(PR_CAPBSET_DROP) each capability not kept (needs CAP_SETPCAP), capset(2)
-    permitted and effective to ``keep``, clear the ambient set, then
-    prctl(PR_SET_NO_NEW_PRIVS). With ``ambient``, the kept capabilities are also
-    raised in the inheritable and ambient sets, so that a non-root program keeps
-    them across execve(2). Run it after every other primitive's enter().
+    prctl(PR_CAPBSET_DROP) each capability not kept (needs CAP_SETPCAP); with
+    ``user`` (uid, gid), setgroups(2) to none (needs CAP_SETGID; skipped with
+    ``setgroups=False``, where the user namespace denies it), setresgid(2)
+    (CAP_SETGID) and setresuid(2) (CAP_SETUID); capset(2) permitted and
+    effective to ``keep``; clear the ambient set; prctl(PR_SET_NO_NEW_PRIVS).
+    With ``ambient``, the kept capabilities are also raised in the inheritable
+    and ambient sets, so that a non-root program keeps them across execve(2).
+    Run it after every other primitive's enter().
+
+    The user switch is the kernel's, capabilities(7), "Effect of user ID changes
+    on capabilities": when a process whose real, effective or saved UID was 0
+    changes so that all three are nonzero, the kernel clears its permitted,
+    effective and ambient sets (unless SECBIT_KEEP_CAPS, which labkit leaves
+    off). So a non-root ``user`` has no capability left, as with ``docker run
+    -u``; only the bounding set, the limit for what an execve(2) could grant,
+    keeps ``keep`` (and no_new_privs closes that door too).
     """
 
     name = "caps"
     flags = 0
 
     def __init__(self, keep: Iterable[str] = DOCKER_DEFAULT, *, ambient: bool = False,
-                 set_no_new_privs: bool = True) -> None:
+                 set_no_new_privs: bool = True, user: tuple[int, int] | None = None,
+                 setgroups: bool = True) -> None:
         self.keep = mask_of(keep)
         self.drop_bounding = [n for n in range(last_cap() + 1) if not self.keep >> n & 1]
         self.ambient = [n for n in range(len(CAPABILITIES)) if ambient and self.keep >> n & 1]
         self.set_no_new_privs = set_no_new_privs
+        self.user = user
+        self.setgroups = setgroups
 
     def enter(self) -> None:
         for number in self.drop_bounding:
             kernel.prctl(kernel.PR_CAPBSET_DROP, number)
+        if self.user is not None:
+            uid, gid = self.user
+            if self.setgroups:
+                os.setgroups([])                   # the primary group alone
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            # A change of effective UID clears the parent-death signal (prctl(2)): set it again.
+            kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
         _, permitted, _ = kernel.capget()
         kept = self.keep & permitted                  # capset(2) can only lower permitted
         kernel.capset(kept, kept, kept if self.ambient else 0)

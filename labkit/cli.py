@@ -12,19 +12,23 @@ pyroute2 (tests check it), so a container starts in milliseconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import signal
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import IO, Callable, Iterator, NoReturn, Sequence
 
-from . import cgroups, container, detach, net, restart, rootfs, terminal
-from .errors import LabkitError, NotRootError, UsageError
+from . import __version__, cgroups, container, detach, net, restart, rootfs, terminal
+from .errors import CommandNotFoundError, LabkitError, NotRootError, UsageError
 from .spawn import Primitive, Process, spawn
 
 USAGE_EXAMPLES = """\
 examples:
   labkit doctor                                  is this host ready?
-  labkit run --hostname box -- hostname          prints: box
+  labkit run -h box -- hostname                  prints: box
+  labkit run -e GREETING=hi -w /src -u 1000 -- sh -c 'echo $GREETING; pwd; id -u'
+  labkit run --read-only --tmpfs /tmp -- touch /tmp/ok
   labkit run -- ps -e                            only the container's processes
   labkit run -it --name box -- sh                a shell on a terminal, in a container named box
   labkit exec box -- ps                          another process in the running container box
@@ -34,43 +38,134 @@ examples:
   labkit check submissions/                      grade a class: a row per student (submissions/NAME/*.ipynb)
 """
 
-# The namespaces --ns knows, and the default (DESIGN.md): container.py composes them.
-NAMESPACES = container.ALL_NAMESPACES
-NETWORKS = tuple(container.NETWORKS)
-DEFAULT_NAMESPACES = ",".join(container.DEFAULT_NAMESPACES)
+EXIT_CODES = """\
+exit status (as docker run):
+  the command's own     when it ran and exited
+  125                   labkit failed (one line on stderr: what, why, what to do)
+  126                   the command cannot be executed
+  127                   the command was not found in the container
+  128+N                 signal N killed the command (137: SIGKILL, e.g. the OOM killer)
+"""
+
+# Docker's `run` options that labkit lacks, and why: each is refused in one line.
+DOCKER_ONLY: dict[tuple[str, ...], str] = {
+    ("--platform",): "labkit runs programs of the host's own architecture, from a root filesystem",
+    ("--pull", "--disable-content-trust", "-q", "--quiet"):
+        "labkit pulls nothing: it runs a root filesystem (--rootfs DIR), not an image from a registry",
+    ("-p", "--publish", "-P", "--publish-all", "--expose"):
+        "labkit forwards no ports: with --network bridge the host reaches the container's address directly",
+    ("--mount",): "labkit mounts with -v/--volume HOST:CTR[:ro] and --tmpfs PATH",
+    ("--gpus", "--device", "--device-cgroup-rule"):
+        "labkit gives a container only the devices of its minimal /dev",
+    ("--privileged",): "labkit has no privileged mode: relax one step at a time with --cap-add "
+                       "and --security-opt seccomp=unconfined",
+    ("--entrypoint",): "labkit runs no image, so there is no entrypoint: give the command after --",
+    ("-l", "--label", "--label-file", "--annotation"): "labkit keeps no metadata on a container",
+    ("--cidfile",): "a labkit container has no ID: give it a --name",
+    ("--dns", "--dns-option", "--dns-search", "--add-host", "--domainname"):
+        "labkit writes no /etc/resolv.conf or /etc/hosts: the root filesystem's are used",
+    ("--ulimit",): "labkit sets no resource limits (setrlimit): use -m, --cpus, --pids-limit (cgroups)",
+    ("--cgroupns", "--ipc", "--pid", "--uts"): "labkit chooses the namespaces with --ns LIST",
+    ("--cgroup-parent",): "labkit's cgroups are always under labkit/",
+    ("--memory-swap", "--memory-reservation", "--memory-swappiness", "--kernel-memory",
+     "--oom-kill-disable", "--oom-score-adj"): "labkit's memory limit is -m/--memory alone (no swap on top)",
+    ("-c", "--cpu-shares", "--cpu-period", "--cpu-quota", "--cpuset-cpus", "--cpuset-mems",
+     "--cpu-rt-period", "--cpu-rt-runtime", "--cpu-count", "--cpu-percent"):
+        "labkit's CPU limit is --cpus N",
+    ("--blkio-weight", "--blkio-weight-device", "--device-read-bps", "--device-write-bps",
+     "--device-read-iops", "--device-write-iops"):
+        "labkit's disk limits are --io-read-bps/--io-write-bps [DEV:]RATE",
+    ("--ip6", "--mac-address", "--link", "--link-local-ip", "--network-alias"):
+        "labkit's bridge network gives an IPv4 address only (--ip ADDR/PREFIX)",
+    ("--log-driver", "--log-opt"): "labkit keeps no log driver: the container writes to labkit's stdout and stderr",
+    ("--health-cmd", "--health-interval", "--health-retries", "--health-start-period",
+     "--health-start-interval", "--health-timeout", "--no-healthcheck"): "labkit runs no health checks",
+    ("--runtime", "--isolation"): "labkit is the runtime: there is no other to choose",
+    ("--sysctl",): "labkit sets no sysctl: the container's /proc/sys is read-only",
+    ("--group-add",): "labkit gives the user of -u UID:GID its group alone",
+    ("--shm-size",): "the container's /dev/shm is a fixed tmpfs of 64M",
+    ("--stop-signal", "--stop-timeout"): "labkit stop sends SIGTERM, then SIGKILL after its own -t",
+    ("--storage-opt", "--volume-driver", "--volumes-from"):
+        "labkit's storage is an overlay on the root filesystem, with -v bind mounts",
+    ("-a", "--attach", "--sig-proxy", "--detach-keys"):
+        "labkit attaches stdin, stdout and stderr and forwards signals, always",
+}
+
+# Options of `run` that `trace` refuses: trace runs one unnamed container to its end.
+RUN_ONLY: dict[tuple[str, ...], str] = {
+    ("--name",): "trace runs one unnamed container: run it with labkit run --name to exec into it",
+    ("-i", "--interactive", "-t", "--tty"): "trace gives the command no terminal: its timeline would mix with your session",
+    ("--restart",): "trace runs the command once",
+    ("--rm",): "trace always removes its container (as run does)",
+    ("-d", "--detach"): "trace waits for the command to end, to print what the kernel checked",
+}
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line and exit 125 (not 2)."""
+    """argparse, but a usage mistake is one line and exit 125 (not 2), and an
+    option is never guessed from its first letters (``--ho`` is not ``--hostname``)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)      # type: ignore[arg-type]
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message, f"see `{self.prog} --help`")
 
 
+class _Refuse(argparse.Action):
+    """An option labkit knows of and does not take: one line that says why."""
+
+    def __init__(self, option_strings: list[str], dest: str, why: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, default=None)
+        self.why = why
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        raise UsageError(f"{option_string} is not an option of {parser.prog}", self.why)
+
+
+def refuse(parser: argparse.ArgumentParser, table: dict[tuple[str, ...], str]) -> None:
+    for options, why in table.items():
+        for option in options:
+            parser.add_argument(option, dest=f"refused{option}", action=_Refuse, why=why)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="labkit", description="Build a Linux container from kernel primitives.",
                      epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"labkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     doctor = sub.add_parser("doctor", help="check that this host is ready for the lab")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
 
-    run = sub.add_parser("run", help="run a command in a new container",
-                         usage="labkit run [OPTIONS] [--] CMD [ARG...]")
-    add_run_options(run)
+    # run and trace: -h is --hostname, as docker spells it; --help is help.
+    run = sub.add_parser("run", help="run a command in a new container", add_help=False,
+                         usage="labkit run [OPTIONS] [--] CMD [ARG...]", epilog=EXIT_CODES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--help", action="help", help="show this help and exit")
+    add_container_options(run)
+    add_run_only_options(run)
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background (needs --name); print the name; "
                           "then labkit logs|stop|kill|wait|rm NAME")
+    refuse(run, DOCKER_ONLY)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                      help="the command to run and its arguments")
 
-    trace_cmd = sub.add_parser("trace", help="run a command and print what the kernel checked",
-                               usage="labkit trace [OPTIONS] [--json] [--all] [--quiet-checks] [--no-fold] [--syscalls LIST] [--] CMD [ARG...]")
-    add_run_options(trace_cmd)
+    trace_cmd = sub.add_parser("trace", help="run a command and print what the kernel checked", add_help=False,
+                               usage="labkit trace [OPTIONS] [--json] [-o FILE] [--all] [--quiet-checks] "
+                                     "[--no-fold] [--syscalls LIST] [--] CMD [ARG...]",
+                               epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    trace_cmd.add_argument("--help", action="help", help="show this help and exit")
+    add_container_options(trace_cmd)
     trace_cmd.add_argument("--json", action="store_true",
                            help="one JSON object a syscall (syscall, ret, checks, verdict, "
                                 "deciding_step, evidence: observed|inferred|unknown, basis)")
+    trace_cmd.add_argument("-o", "--output", metavar="FILE",
+                           help="write the timeline (or the JSON) to FILE instead of stderr")
     trace_cmd.add_argument("--quiet-checks", action="store_true",
                            help="list the capability checks that deny nothing (overcommit's reserve, "
                                 "overlayfs's mounter), with why; by default they are counted")
@@ -84,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "with kprobes the other calls keep the kernel's fast path")
     trace_cmd.add_argument("--buffer-kb", type=int, default=16384, metavar="KB",
                            help="tracefs buffer per CPU (default 16384); lost events are reported")
+    refuse(trace_cmd, {**DOCKER_ONLY, **RUN_ONLY})
     trace_cmd.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                            help="the command to run and its arguments")
-
     exec_cmd = sub.add_parser("exec", help="run another command in a running named container",
                               usage="labkit exec [-i] [-t] NAME [--] CMD [ARG...]")
     add_terminal_options(exec_cmd)
@@ -129,69 +224,92 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options that describe a container (shared by run and trace)."""
-    parser.add_argument("--hostname", metavar="NAME", help="hostname in the UTS namespace")
+def add_container_options(parser: argparse.ArgumentParser) -> None:
+    """The options that describe a container (shared by run and trace), Docker's words."""
     parser.add_argument("--rootfs", metavar="DIR",
                         help=f"root filesystem (default: the busybox rootfs in {rootfs.DEFAULT_ROOTFS}, "
-                             "built on first use); needs the mount namespace")
-    parser.add_argument("--volume", "-v", action="append", metavar="HOST:CTR[:ro]", default=[],
-                        help="bind-mount a host path into the container, read-only with :ro (repeatable)")
+                             "built on first use); labkit runs a directory, not an image")
+    parser.add_argument("-h", "--hostname", metavar="NAME", help="hostname in the UTS namespace")
     parser.add_argument("--ns", metavar="LIST", default=None,
-                        help=f"namespaces to create, comma-separated, of: {', '.join(NAMESPACES)} "
-                             f"(default: those of {DEFAULT_NAMESPACES} available)")
-    parser.add_argument("--name", metavar="NAME",
-                        help="name the container: labkit exec NAME and labkit ps find it while it runs")
+                        help=f"namespaces to create, comma-separated, of: {', '.join(container.ALL_NAMESPACES)} "
+                             f"(default: {','.join(container.DEFAULT_NAMESPACES)})")
+    parser.add_argument("-v", "--volume", action="append", metavar="HOST:CTR[:ro]", default=[],
+                        help="bind-mount a host path into the container, read-only with :ro (repeatable)")
+    parser.add_argument("--tmpfs", action="append", metavar="PATH", default=[],
+                        help="mount an empty tmpfs at PATH (mode 1777, nosuid, nodev; repeatable)")
+    parser.add_argument("--read-only", action="store_true",
+                        help="mount the root filesystem read-only (/proc, /dev, /sys, volumes and tmpfs as they are)")
+    parser.add_argument("-e", "--env", action="append", metavar="K=V", default=[],
+                        help="set an environment variable; K alone takes labkit's own value of K (repeatable)")
+    parser.add_argument("--env-file", action="append", metavar="FILE", default=[],
+                        help="read K=V lines from FILE (# comments and blank lines skipped; -e wins)")
+    parser.add_argument("-w", "--workdir", metavar="DIR",
+                        help="the command's working directory inside the container (made if missing)")
     parser.add_argument("--init", action="store_true",
                         help="PID 1 is a minimal init that forwards signals to the command and reaps "
                              "orphans (as docker run --init): kill -TERM then ends a shell")
-    add_terminal_options(parser)
-    parser.add_argument("--security-opt", action="append", metavar="seccomp=unconfined", default=[],
-                        help="seccomp=unconfined: no seccomp filter (default: Docker's denied calls fail with EPERM)")
-    parser.add_argument("--net", choices=list(NETWORKS), default="none",
-                        help="none: own network namespace with lo only (default); "
-                             f"bridge: a veth on bridge {net.BRIDGE} ({net.BRIDGE_ADDRESS})")
-    parser.add_argument("--ip", metavar="ADDR/PREFIX",
-                        help=f"the container's address with --net bridge, in {net.LAB_NETWORK} "
-                             f"(default: the next free one from {net.FIRST_ADDRESS})")
+    parser.add_argument("-u", "--user", metavar="UID[:GID]",
+                        help="run the command as this numeric user (group 0 without GID); "
+                             "a non-root user has no capabilities (capabilities(7))")
     parser.add_argument("--userns", action="store_true",
                         help="add a user namespace: root inside is uid 100000 outside "
                              "(your own uid when you are not root); needed to run without root")
+    parser.add_argument("--userns=host", dest="userns", action="store_false",
+                        help="no user namespace: the host's users (the default)")
     parser.add_argument("--uid-map", action="append", metavar="INSIDE:OUTSIDE:COUNT",
                         help="a uid range of the user namespace (repeatable; default 0:100000:65536)")
     parser.add_argument("--gid-map", action="append", metavar="INSIDE:OUTSIDE:COUNT",
                         help="a gid range of the user namespace (repeatable; default 0:100000:65536)")
+    parser.add_argument("--network", "--net", dest="network", metavar="none|bridge", default="none",
+                        type=network_mode,
+                        help="none: own network namespace with lo only (default); "
+                             f"bridge: a veth on bridge {net.BRIDGE} ({net.BRIDGE_ADDRESS})")
+    parser.add_argument("--ip", metavar="ADDR/PREFIX",
+                        help=f"the container's address with --network bridge, in {net.LAB_NETWORK} "
+                             f"(default: the next free one from {net.FIRST_ADDRESS})")
     parser.add_argument("--cap-add", action="append", metavar="CAP", default=[],
                         help="keep this capability too (repeatable; ALL for every one)")
     parser.add_argument("--cap-drop", action="append", metavar="CAP", default=[],
                         help="drop this capability of Docker's default 14 (repeatable; ALL for every one)")
+    parser.add_argument("--security-opt", action="append", metavar="OPT", default=[],
+                        help="seccomp=unconfined: no seccomp filter; seccomp=PROFILE.json: a Docker-format "
+                             "profile; no-new-privileges: accepted (always on)")
     limits = parser.add_argument_group("limits (cgroups under labkit/, and tc on the veth)")
     limits.add_argument("--cpus", metavar="N", help="CPU time, in CPUs: 0.5 is half of one core (cpu controller)")
-    limits.add_argument("--memory", "-m", metavar="SIZE",
+    limits.add_argument("-m", "--memory", metavar="SIZE",
                         help="memory limit, e.g. 32M; past it the kernel's OOM killer acts (exit 137); "
                              f"default {container.DEFAULT_LIMITS['memory']} as root, max for none")
-    limits.add_argument("--pids", metavar="N", help="most tasks at once, e.g. 32; then fork() fails with EAGAIN; "
-                                                    f"default {container.DEFAULT_LIMITS['pids']} as root, max for none")
+    limits.add_argument("--pids-limit", "--pids", dest="pids", metavar="N",
+                        help="most tasks at once, e.g. 32; then fork() fails with EAGAIN; "
+                             f"default {container.DEFAULT_LIMITS['pids']} as root, -1 or max for none")
     limits.add_argument("--io-read-bps", metavar="[DEV:]RATE",
                         help="disk read rate, e.g. 2MB/s, on DEV (default: the disk holding /)")
     limits.add_argument("--io-write-bps", metavar="[DEV:]RATE",
                         help="disk write rate, e.g. /dev/loop0:2MB/s (direct I/O is what it throttles on v1)")
     limits.add_argument("--bandwidth", metavar="RATE",
-                        help="network rate both ways, e.g. 1mbit: tc tbf on the veth (needs --net bridge)")
-    limits.add_argument("--restart", metavar="no|on-failure[:N]", default="no",
+                        help="network rate both ways, e.g. 1mbit: tc tbf on the veth (needs --network bridge)")
+
+
+def add_run_only_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `run` that describe a run, not a container."""
+    parser.add_argument("--name", metavar="NAME",
+                        help="name the container: labkit exec NAME and labkit ps find it while it runs")
+    add_terminal_options(parser)
+    parser.add_argument("--rm", action="store_true",
+                        help="remove the container when it exits (accepted: labkit always does)")
+    parser.add_argument("--restart", metavar="no|on-failure[:N]", default="no",
                         help="start the command again when it exits non-zero, at most N times")
 
 
-def namespace_names(spec: str | None) -> list[str]:
-    """Parse --ns into known namespace names, in the order given."""
-    if spec is None:
-        return [n for n in DEFAULT_NAMESPACES.split(",") if n in NAMESPACES]
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    for n in names:
-        if n not in NAMESPACES:
-            raise UsageError(f"unknown namespace {n!r} in --ns",
-                             f"choose from {', '.join(NAMESPACES)}")
-    return list(dict.fromkeys(names))
+def network_mode(text: str) -> str:
+    """--network's value: one of container.NETWORKS."""
+    if text == "host":
+        raise argparse.ArgumentTypeError("labkit has no host mode: to share the host's network, "
+                                         "leave net out of --ns")
+    if text not in container.NETWORKS:
+        raise argparse.ArgumentTypeError(f"unknown network mode {text!r}: choose from "
+                                         f"{', '.join(container.NETWORKS)}")
+    return text
 
 
 def add_terminal_options(parser: argparse.ArgumentParser) -> None:
@@ -203,28 +321,103 @@ def add_terminal_options(parser: argparse.ArgumentParser) -> None:
                              "your terminal is in raw mode meanwhile")
 
 
-SECURITY_OPTS = {"seccomp=unconfined": "seccomp"}    # --security-opt value -> the Container flag it clears
+def seccomp_profile(options: list[str]) -> str | None:
+    """--security-opt values -> ContainerSpec.seccomp_profile (None: labkit's filter)."""
+    profile = None
+    for opt in options:
+        key, sep, value = opt.replace(":", "=", 1).partition("=") if opt.startswith("no-new") \
+            else opt.partition("=")
+        if key == "no-new-privileges" and value in ("", "true"):
+            continue                            # caps.Capabilities sets no_new_privs always
+        if key == "seccomp" and value:
+            profile = value if value == container.UNCONFINED else os.path.abspath(value)
+            continue
+        raise UsageError(f"unknown --security-opt {opt!r}",
+                         "labkit takes seccomp=unconfined, seccomp=PROFILE.json and no-new-privileges")
+    return profile
+
+
+def env_item(item: str, where: str) -> dict[str, str]:
+    """``K=V`` -> {K: V}; ``K`` -> {K: labkit's own value} or {} when labkit has none (as docker)."""
+    name, sep, value = item.partition("=")
+    if not name or name != name.strip() or any(c.isspace() for c in name):
+        raise UsageError(f"{where}: bad variable name {name!r}", "write K=V, a name without spaces before =")
+    if not sep:
+        return {name: os.environ[name]} if name in os.environ else {}
+    return {name: value}
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """docker's --env-file format: K=V lines (V taken as is, no quotes removed),
+    K alone (labkit's own value), # comments and blank lines."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read --env-file {path}: {getattr(e, 'strerror', None) or e}",
+                         "give a readable UTF-8 file of K=V lines") from None
+    env: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.lstrip()
+        if line and not line.startswith("#"):
+            env.update(env_item(line, f"--env-file {path} line {number}"))
+    return env
+
+
+def env_of(args: argparse.Namespace) -> dict[str, str]:
+    """The variables --env-file and -e give, in that order (so -e wins, as docker)."""
+    env: dict[str, str] = {}
+    for path in args.env_file:
+        env.update(read_env_file(path))
+    for item in args.env:
+        env.update(env_item(item, f"-e {item!r}"))
+    return env
+
+
+def spec_for(args: argparse.Namespace) -> container.ContainerSpec:
+    """The ContainerSpec that `run`'s (or `trace`'s) options describe."""
+    name = getattr(args, "name", None)
+    return container.ContainerSpec(
+        rootfs_dir=args.rootfs, name=name, hostname=args.hostname,
+        namespaces=container.parse_namespaces(args.ns), userns=args.userns,
+        uid_map=args.uid_map or [], gid_map=args.gid_map or [], volumes=args.volume,
+        tmpfs=args.tmpfs, read_only=args.read_only, network=args.network, ip=args.ip,
+        bandwidth=args.bandwidth, cpus=args.cpus, memory=args.memory,
+        pids="max" if args.pids == "-1" else args.pids, io_read_bps=args.io_read_bps,
+        io_write_bps=args.io_write_bps, cap_add=args.cap_add, cap_drop=args.cap_drop,
+        seccomp_profile=seccomp_profile(args.security_opt), env=env_of(args),
+        workdir=args.workdir, user=args.user, init=args.init,
+        group=None if name else f"run-{os.getpid()}")
 
 
 def container_for(args: argparse.Namespace) -> container.Container:
     """The Container that `run`'s options describe (every value checked here)."""
-    for opt in args.security_opt:
-        if opt not in SECURITY_OPTS:
-            raise UsageError(f"unknown --security-opt {opt!r}", f"use one of {', '.join(SECURITY_OPTS)}")
-    return container.Container(
-        args.rootfs, name=getattr(args, "name", None), hostname=args.hostname,
-        namespaces=namespace_names(args.ns), volumes=args.volume, net=args.net, ip=args.ip,
-        userns=args.userns, uid_map=args.uid_map, gid_map=args.gid_map, cpus=args.cpus,
-        memory=args.memory, pids=args.pids, io_read_bps=args.io_read_bps,
-        io_write_bps=args.io_write_bps, bandwidth=args.bandwidth, cap_add=args.cap_add,
-        cap_drop=args.cap_drop, seccomp="seccomp=unconfined" not in args.security_opt,
-        init=args.init,
-        group=None if getattr(args, "name", None) else f"run-{os.getpid()}")
+    return container.Container(spec_for(args))
 
 
 def primitives_for(args: argparse.Namespace) -> list[Primitive]:
     """The primitives a `run` asks for, in launch order (container.py composes them)."""
     return container_for(args).primitives()
+
+
+# Docker's image reference grammar (github.com/distribution/reference, its
+# README's grammar): [DOMAIN[:PORT]/]NAME[/NAME...][:TAG][@DIGEST], NAME lowercase.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+IMAGE_REFERENCE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+                             r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+
+
+def image_hint(command: str) -> UsageError | None:
+    """When a command the container could not find reads as an image name
+    (ubuntu, busybox:latest, docker.io/library/alpine), the error that says
+    labkit takes a root filesystem, not an image; else None."""
+    if not IMAGE_REFERENCE.fullmatch(command):
+        return None
+    return UsageError(f"{command}: no such command in the container's root filesystem, and labkit "
+                      "takes no image name: it runs a root filesystem (--rootfs DIR)",
+                      "give the command to run (e.g. labkit run -- sh), or import an image's files "
+                      "from a `docker export` tarball: labkit rootfs build DIR --from TARBALL")
 
 
 def command_of(args: argparse.Namespace) -> list[str]:
@@ -249,10 +442,10 @@ def _on_signal(signum: int, frame: object) -> NoReturn:
 # its capabilities cover only what it owns, not the host's cgroups, links or bridge.
 NEEDS_HOST_ROOT = {
     "memory": "--memory writes the host's cgroup files", "cpus": "--cpus writes the host's cgroup files",
-    "pids": "--pids writes the host's cgroup files", "io_read_bps": "--io-read-bps writes the host's cgroup files",
+    "pids": "--pids-limit writes the host's cgroup files", "io_read_bps": "--io-read-bps writes the host's cgroup files",
     "io_write_bps": "--io-write-bps writes the host's cgroup files",
     "bandwidth": "--bandwidth changes a link on the host", "ip": "--ip configures the host's bridge labkit0",
-    "net": "--net bridge plugs a link into the host's bridge labkit0",
+    "network": "--network bridge plugs a link into the host's bridge labkit0",
 }
 
 
@@ -260,7 +453,7 @@ def check_rootless(args: argparse.Namespace) -> None:
     """Without root, refuse (in one clear line) what only host root may do."""
     if os.geteuid() == 0:
         return
-    if not (args.userns or "user" in namespace_names(args.ns)):
+    if not (args.userns or "user" in container.parse_namespaces(args.ns)):
         raise NotRootError()              # (a rootless container needs --userns)
     for dest, why in NEEDS_HOST_ROOT.items():
         if getattr(args, dest, None) not in (None, False, [], "none"):
@@ -280,13 +473,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, _on_signal)
     restarts = 0
     while True:
-        with box:                                       # fresh primitives (a fresh cgroup) each start
+        with box, hint_for_images(argv[0]):                    # fresh primitives (a fresh cgroup) each start
             status = attached(lambda **io: box.start(argv, **io), args.tty)
             report_oom(box.prims)                       # before release() removes the cgroup
         if not policy.should_restart(status, restarts):
             return status
         restarts += 1
         print(f"labkit: exit status {status}; {policy.describe(restarts)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def hint_for_images(command: str) -> Iterator[None]:
+    """``command`` not found, when it reads as an image name, gets image_hint's error."""
+    try:
+        yield
+    except CommandNotFoundError:
+        hint = image_hint(command)
+        if hint is None:
+            raise
+        raise hint from None
 
 
 def attached(start: Callable[..., Process], tty: bool) -> int:
@@ -342,7 +547,8 @@ def report_oom(prims: list[Primitive]) -> None:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    """`labkit trace`: run like `run`, then print the timeline on stderr (as strace does)."""
+    """`labkit trace`: run like `run`, then print the timeline on stderr (as strace
+    does), or to the file -o names."""
     from . import trace
     from .seccomp import Seccomp
 
@@ -352,26 +558,48 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise UsageError(f"--buffer-kb {args.buffer_kb} is not a size", "give kilobytes per CPU, e.g. 16384")
     argv = command_of(args)
     prims = primitives_for(args)
-    tracer = trace.Trace(buffer_kb=args.buffer_kb,       # the filter: to name the rule of a denial
-                         seccomp_filter=next((p for p in prims if isinstance(p, Seccomp)), None),
-                         syscalls=[name for name in args.syscalls.split(",") if name])
-    prims.append(tracer)                        # last: joins after, releases before the others
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
-    with spawn(argv, prims, capture=False) as proc:
-        tracer.observe(proc.pid)
-        returncode = proc.wait()
-    records = tracer.records if args.all else tracer.command_records()
-    if args.json:
-        import json
+    with output_file(args.output) as out:
+        tracer = trace.Trace(buffer_kb=args.buffer_kb,       # the filter: to name the rule of a denial
+                             seccomp_filter=next((p for p in prims if isinstance(p, Seccomp)), None),
+                             syscalls=[name for name in args.syscalls.split(",") if name])
+        prims.append(tracer)                        # last: joins after, releases before the others
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _on_signal)
+        with hint_for_images(argv[0]), spawn(argv, prims, capture=False) as proc:
+            tracer.observe(proc.pid)
+            returncode = proc.wait()
+        records = tracer.records if args.all else tracer.command_records()
+        if args.json:
+            import json
 
-        for r in records:
-            print(json.dumps(r.as_dict(tracer)), file=sys.stderr)
-        print(json.dumps({"summary": trace.summary_line(tracer), "lost": tracer.lost}), file=sys.stderr)
-    else:
-        print(trace.format_timeline(tracer, records, quiet=args.quiet_checks, fold=not args.no_fold),
-              file=sys.stderr)
+            for r in records:
+                print(json.dumps(r.as_dict(tracer)), file=out)
+            print(json.dumps({"summary": trace.summary_line(tracer), "lost": tracer.lost}), file=out)
+        else:
+            print(trace.format_timeline(tracer, records, quiet=args.quiet_checks, fold=not args.no_fold),
+                  file=out)
     return exit_status(returncode or 0)
+
+
+@contextlib.contextmanager
+def output_file(path: str | None) -> Iterator[IO[str]]:
+    """The file -o names, opened (truncated) before the command runs, as strace -o
+    does; stderr without -o. A file this run created is removed if it fails."""
+    if path is None:
+        yield sys.stderr
+        return
+    existed = os.path.exists(path)
+    try:
+        f = open(path, "w")
+    except OSError as e:
+        raise UsageError(f"cannot write -o {path}: {e.strerror}", "give a file in a writable directory") from None
+    try:
+        with f:
+            yield f
+    except BaseException:
+        if not existed:
+            os.unlink(path)
+        raise
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -472,8 +700,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; bare `labkit` prints the help and exits 0, as bare `docker` does."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if not argv:
+            parser.print_help()
+            return 0
+        args = parser.parse_args(argv)
         return COMMANDS[args.command](args)
     except LabkitError as e:
         print(f"labkit: {e}", file=sys.stderr)

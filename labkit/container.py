@@ -2,13 +2,14 @@
 
 ::
 
-    from labkit.container import Container
+    from labkit.container import Container, ContainerSpec
 
     c = Container(hostname="box", memory="64M", pids=64)   # checks the spec, starts nothing
+    c = Container(ContainerSpec(hostname="box", memory="64M", pids=64))   # the same
     r = c.run(["hostname"])              # a fresh container runs it as PID 1, then is removed
     r.returncode, r.stdout               # (0, "box\\n")
 
-    with Container(hostname="web", net="bridge", cpus=0.5) as c:
+    with Container(hostname="web", network="bridge", cpus=0.5) as c:
         p = c.start(["httpd", "-f", "-p", "80"])   # runs in the background (a spawn.Process)
         c.exec(["wget", "-qO-", "http://127.0.0.1/"])  # another process inside, like docker exec
         c.address                        # "10.88.0.2": the lab address it got (bridge only)
@@ -25,23 +26,26 @@ this order (``primitives()``):
 3. ``CgroupNamespace``: PID 1 unshares it once inside its cgroup, so "/" is its own,
 4. PID, UTS, IPC, network namespaces, then ``MountNamespace`` (overlay on the
    busybox image, /proc /dev /sys, runc's masked and read-only paths, pivot_root),
+   (``workdir``, made if missing, and ``read_only``: the root turns read-only last),
 5. ``Bandwidth`` (tc on the veth), ``Terminal`` (a pty as controlling terminal),
-6. ``Capabilities``: Docker's 14 and no_new_privs, then ``Seccomp``: every
-   earlier step makes calls the filter denies; with ``init=True`` (--init),
-   ``Init`` last: PID 1 forks the command and stays as its init (init.py).
+6. ``Capabilities``: Docker's 14, the switch to ``user``, no_new_privs; then
+   ``Seccomp``: every earlier step makes calls the filter denies; with ``init``
+   (--init), ``Init`` last: PID 1 forks the command and stays as its init (init.py).
 
 ``exec()`` runs a process in the running container through the same pipeline
 with ``JoinNamespaces`` instead of new namespaces (setns(2), the user
-namespace first), then the same capabilities, no_new_privs and filter.
+namespace first), then the same working directory, user, capabilities,
+no_new_privs and filter, and the container's environment.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
 import shutil
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from . import (bandwidth, caps, cgroupns, cgroups, devices, ipc, mount, net, nsenter, pid, rootfs,
                seccomp, terminal, user, uts)
@@ -57,100 +61,188 @@ ALL_NAMESPACES = ("pid", "uts", "ipc", "mount", "net", "user", "cgroup")
 DEFAULT_LIMITS = {"memory": "512M", "pids": 512}
 STATE_DIR = "/run/labkit/containers"     # named containers: NAME/state.json
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
+UNCONFINED = "unconfined"                # seccomp_profile: no filter (docker's seccomp=unconfined)
 
 # What an option needs, as (option set?, namespace needed, what, what to do).
 REQUIREMENTS = (
-    (lambda c: c.hostname is not None, "uts", "--hostname needs a UTS namespace", "add uts to --ns"),
-    (lambda c: c.net != "none", "net", "--net {net} needs a network namespace", "add net to --ns"),
-    (lambda c: bool(c.volumes) or c.rootfs_given, "mount", "--rootfs and --volume need a mount namespace",
-     "add mount to --ns"),
+    (lambda s: s.hostname is not None, "uts", "--hostname needs a UTS namespace", "add uts to --ns"),
+    (lambda s: s.network != "none", "net", "--network {network} needs a network namespace",
+     "add net to --ns"),
+    (lambda s: bool(s.volumes or s.tmpfs) or s.read_only or s.rootfs_dir is not None, "mount",
+     "--rootfs, --volume, --tmpfs and --read-only need a mount namespace", "add mount to --ns"),
 )
 _sequence = itertools.count(1)
 
 
-class Container:
-    """A container spec; ``run()``/``start()`` make it real, ``exec()`` joins it.
+def parse_namespaces(names: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The namespace list ``--ns`` gives ("pid,uts" or a sequence of names), checked,
+    in the order given, without duplicates; None: ``DEFAULT_NAMESPACES``."""
+    if names is None:
+        return DEFAULT_NAMESPACES
+    found = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    for n in found:
+        if n not in ALL_NAMESPACES:
+            raise UsageError(f"unknown namespace {n!r} in --ns", f"choose from {', '.join(ALL_NAMESPACES)}")
+    return tuple(dict.fromkeys(found))
 
-    Keyword arguments are the ``labkit run`` options: ``rootfs`` (default: the
-    built-in busybox image), ``name``, ``hostname``, ``namespaces``, ``volumes``
-    ("HOST:CTR[:ro]"), ``tmpfs``, ``net`` ("none" or "bridge"), ``ip``, ``userns``,
-    ``uid_map``/``gid_map`` ("INSIDE:OUTSIDE:COUNT"), ``cpus``, ``memory``,
-    ``pids`` (None: ``DEFAULT_LIMITS``; "max": none), ``io_read_bps``,
-    ``io_write_bps`` ("[DEV:]RATE"), ``bandwidth``,
-    ``cap_add``, ``cap_drop``, ``seccomp``, ``device_rules``, ``overlay``,
-    ``group`` (the cgroup's name under labkit/), ``init``. Bad values raise UsageError here.
+
+def parse_user(text: str) -> tuple[int, int]:
+    """``UID[:GID]`` (numbers) -> (uid, gid). Without a GID the group is 0, as
+    docker gives a user that the image's /etc/passwd does not name."""
+    uid, _, gid = text.partition(":")
+    if not uid.isdigit() or not (gid.isdigit() or not gid) or int(uid) > user.ID_MAX \
+            or int(gid or 0) > user.ID_MAX:
+        raise UsageError(f"--user {text!r} is not UID[:GID]",
+                         "give numbers, e.g. --user 1000 or --user 1000:1000 (labkit reads no /etc/passwd)")
+    return int(uid), int(gid or 0)
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    """Variables as execve(2) takes them: NAME=VALUE strings, so a name holds no '='
+    (nor NUL, which ends a C string), and is not empty."""
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name + value:
+            raise UsageError(f"bad environment variable {name!r}",
+                             "give NAME=VALUE, NAME without '=' (environ(7))")
+    return dict(env)
+
+
+@dataclasses.dataclass
+class ContainerSpec:
+    """What a container is made of: the ``labkit run`` options, JSON-safe values only.
+
+    ``rootfs_dir`` (default: the built-in busybox root filesystem), ``name``,
+    ``hostname``, ``namespaces`` (names, or "pid,uts,..."), ``userns`` (adds
+    the user namespace), ``uid_map``/``gid_map`` ("INSIDE:OUTSIDE:COUNT"),
+    ``volumes`` ("HOST:CTR[:ro]" or ``mount.Volume``), ``tmpfs`` (paths),
+    ``read_only`` (the root filesystem), ``network`` ("none" or "bridge"),
+    ``ip``, ``bandwidth``, ``cpus``, ``memory``, ``pids`` (None:
+    ``DEFAULT_LIMITS`` as root; "max": none), ``io_read_bps``/``io_write_bps``
+    ("[DEV:]RATE"), ``cap_add``/``cap_drop``, ``seccomp_profile`` (None:
+    labkit's filter; "unconfined": none; else a Docker-format JSON profile),
+    ``device_rules`` (None: where the host has them), ``overlay``, ``env``
+    (added to ``spawn.DEFAULT_ENV``), ``workdir``, ``user`` ("UID[:GID]"),
+    ``init`` (--init: labkit's init as PID 1, the command its child) and
+    ``group`` (the cgroup's name under labkit/). Malformed values raise
+    UsageError here; nothing here reads kernel state.
     """
 
-    def __init__(self, rootfs: str | None = None, *, name: str | None = None,
-                 hostname: str | None = None, namespaces: Iterable[str] = DEFAULT_NAMESPACES,
-                 volumes: Iterable[str | mount.Volume] = (), tmpfs: Iterable[str] = (),
-                 net: str = "none", ip: str | None = None, userns: bool = False,
-                 uid_map: Sequence[str] | None = None, gid_map: Sequence[str] | None = None,
-                 cpus: str | float | None = None, memory: str | int | None = None,
-                 pids: str | int | None = None, io_read_bps: str | None = None,
-                 io_write_bps: str | None = None, bandwidth: str | None = None,
-                 cap_add: Iterable[str] = (), cap_drop: Iterable[str] = (), seccomp: bool = True,
-                 device_rules: bool | None = None, overlay: bool = True, group: str | None = None,
-                 env: dict[str, str] | None = None, init: bool = False) -> None:
-        if name is not None and (not name or len(name) > 64 or set(name) - set(NAME_CHARS)):
-            raise UsageError(f"bad container name {name!r}", "use 1-64 letters, digits, '.', '_', '-'")
-        self.name = name
-        self.rootfs_given = rootfs is not None
-        self.rootfs = rootfs
-        self.hostname = hostname
-        self.namespaces = _check_namespaces(namespaces, userns)
-        self.volumes = [mount.parse_volume(v) if isinstance(v, str) else v for v in volumes]
-        self.tmpfs = list(tmpfs)
-        if net not in NETWORKS:
-            raise UsageError(f"unknown network mode {net!r}", f"choose from {', '.join(NETWORKS)}")
-        self.net, self.ip, self.bandwidth = net, ip, bandwidth
-        if ip is not None and net != "bridge":
-            raise UsageError("--ip needs --net bridge", "add --net bridge, or leave out --ip")
-        if bandwidth is not None and net != "bridge":
-            raise UsageError("--bandwidth needs --net bridge", "add --net bridge: the rate is set on its veth")
+    rootfs_dir: str | None = None
+    name: str | None = None
+    hostname: str | None = None
+    namespaces: Sequence[str] | str = DEFAULT_NAMESPACES
+    userns: bool = False
+    uid_map: Sequence[str] = ()
+    gid_map: Sequence[str] = ()
+    volumes: Sequence[str | mount.Volume] = ()
+    tmpfs: Sequence[str] = ()
+    read_only: bool = False
+    network: str = "none"
+    ip: str | None = None
+    bandwidth: str | None = None
+    cpus: str | float | None = None
+    memory: str | int | None = None
+    pids: str | int | None = None
+    io_read_bps: str | None = None
+    io_write_bps: str | None = None
+    cap_add: Sequence[str] = ()
+    cap_drop: Sequence[str] = ()
+    seccomp_profile: str | None = None
+    device_rules: bool | None = None
+    overlay: bool = True
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    workdir: str | None = None
+    user: str | None = None
+    init: bool = False
+    group: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is not None and (not self.name or len(self.name) > 64 or set(self.name) - set(NAME_CHARS)):
+            raise UsageError(f"bad container name {self.name!r}", "use 1-64 letters, digits, '.', '_', '-'")
+        names = list(parse_namespaces(self.namespaces))
+        if self.userns and "user" not in names:
+            names.append("user")
+        self.namespaces, self.userns = names, "user" in names
+        self.volumes = [v if isinstance(v, str) else f"{v.source}:{v.target}{':ro' if v.readonly else ''}"
+                        for v in self.volumes]
+        for listed in ("uid_map", "gid_map", "tmpfs", "cap_add", "cap_drop"):
+            setattr(self, listed, list(getattr(self, listed) or ()))
+        if self.network not in NETWORKS:
+            raise UsageError(f"unknown network mode {self.network!r}", f"choose from {', '.join(NETWORKS)}")
+        if self.ip is not None and self.network != "bridge":
+            raise UsageError("--ip needs --network bridge", "add --network bridge, or leave out --ip")
+        if self.bandwidth is not None and self.network != "bridge":
+            raise UsageError("--bandwidth needs --network bridge",
+                             "add --network bridge: the rate is set on its veth")
         for is_set, needed, what, todo in REQUIREMENTS:
-            if is_set(self) and needed not in self.namespaces:
-                raise UsageError(what.format(net=net), todo)
-        self.uid_map = [user.parse_map(m, "--uid-map") for m in uid_map or ()]
-        self.gid_map = [user.parse_map(m, "--gid-map") for m in gid_map or ()]
-        if (self.uid_map or self.gid_map) and "user" not in self.namespaces:
+            if is_set(self) and needed not in names:
+                raise UsageError(what.format(network=self.network), todo)
+        if (self.uid_map or self.gid_map) and not self.userns:
             raise UsageError("--uid-map/--gid-map need a user namespace", "add --userns")
+        for text in self.tmpfs:
+            if ":" in text:
+                raise UsageError(f"--tmpfs {text!r} has options",
+                                 "give a path only: labkit's tmpfs is mode 1777, nosuid, nodev")
+        if self.workdir is not None:
+            if not self.workdir.startswith("/"):
+                raise UsageError(f"--workdir {self.workdir!r} is not an absolute path",
+                                 "give the directory inside the container from /, e.g. /src")
+            self.workdir = os.path.normpath(self.workdir)
+        self.env = check_env(self.env or {})
+
+
+class Container:
+    """A container: ``run()``/``start()`` make it real, ``exec()`` joins it.
+
+    ``Container(spec)`` takes a ContainerSpec; ``Container(hostname="box", ...)``
+    makes one from its keywords. Building it checks the spec and starts nothing:
+    what reads the kernel (the cgroup mounts, the device control, the rootfs,
+    built on first use) happens in ``start()``.
+    """
+
+    def __init__(self, spec: ContainerSpec | None = None, /, **fields: object) -> None:
+        if spec is None:
+            spec = ContainerSpec(**fields)         # type: ignore[arg-type]
+        elif fields or not isinstance(spec, ContainerSpec):
+            raise UsageError("Container takes one ContainerSpec, or keywords",
+                             "write Container(ContainerSpec(...)) or Container(rootfs_dir=..., ...)")
+        self.config = spec
+        self.name = spec.name
+        self.namespaces = tuple(spec.namespaces)
+        self.volumes = [mount.parse_volume(v) for v in spec.volumes]
+        self.tmpfs = [mount.check_target(t) for t in spec.tmpfs]
+        self.uid_map = [user.parse_map(m, "--uid-map") for m in spec.uid_map]
+        self.gid_map = [user.parse_map(m, "--gid-map") for m in spec.gid_map]
         # None: the default limit (as root; without root labkit cannot write the
         # host's cgroup files); "max": no limit at all.
         defaults = DEFAULT_LIMITS if os.geteuid() == 0 else {}
-        self.limits = {"cpu": cpus, "memory": defaults.get("memory") if memory is None else memory,
-                       "pids": defaults.get("pids") if pids is None else pids}
-        self.io = {"io_read_bps": io_read_bps, "io_write_bps": io_write_bps}
-        self.keep = caps.resolve(cap_add, cap_drop)
-        self.cap_add, self.cap_drop = list(cap_add), list(cap_drop)
-        self.seccomp = seccomp
-        if device_rules is None:
-            device_rules = devices.available() and os.geteuid() == 0
-            self.keep = without_mknod_unless_asked(self.keep, cap_add, device_rules)
-        elif device_rules and not devices.available():
-            raise LabkitError("no device control on this host: neither a cgroup v1 devices hierarchy "
-                              "nor a cgroup2 mount for a BPF device program",
-                              "mount one (see `labkit doctor`), or run without device rules")
-        self.device_rules = device_rules
-        self.overlay = overlay
-        self.init = init                    # --init: PID 1 is labkit's init (init.py), the command its child
-        self.group = group or name or f"run-{os.getpid()}-{next(_sequence)}"
-        self.env = dict(env or DEFAULT_ENV)
+        self.limits = {"cpu": spec.cpus, "memory": defaults.get("memory") if spec.memory is None else spec.memory,
+                       "pids": defaults.get("pids") if spec.pids is None else spec.pids}
+        self.io = {"io_read_bps": spec.io_read_bps, "io_write_bps": spec.io_write_bps}
+        values = {**self.limits, **{k: cgroups.split_device(v)[1] for k, v in self.io.items() if v}}
+        for row in cgroups.LIMITS:               # the values' syntax, before anything starts
+            if values.get(row.name) not in (None, "max"):
+                row.parse(values[row.name])
+        caps.resolve(spec.cap_add, spec.cap_drop)
+        self.user = parse_user(spec.user) if spec.user is not None else None
+        self.env = {**DEFAULT_ENV, **({"HOME": "/"} if self.user and self.user[0] else {}), **spec.env}
+        self.group = spec.group or spec.name or f"run-{os.getpid()}-{next(_sequence)}"
         self.process: Process | None = None
         self.address: str | None = None
         self.prims: list[Primitive] = []
-        self.primitives(tty=False)          # build them once: every value is checked now
 
     # -- composition ------------------------------------------------------
 
     def primitives(self, *, tty: bool = False) -> list[Primitive]:
         """Fresh primitives for one start, in launch order (module docstring)."""
         names = self.namespaces
+        spec = self.config
         prims: list[Primitive] = []
         group = self._cgroup()
         if group is not None:
             prims.append(group)
-        if self.device_rules:
+        device_rules = self._device_rules_wanted()
+        if device_rules:
             prims.append(self._device_rules(group))
         if "user" in names:
             prims.append(user.UserNamespace(self.uid_map or None, self.gid_map or None))
@@ -159,25 +251,59 @@ class Container:
         if "pid" in names:
             prims.append(pid.PidNamespace(mount_proc="mount" not in names))
         if "uts" in names:
-            prims.append(uts.UtsNamespace(self.hostname))
+            prims.append(uts.UtsNamespace(spec.hostname))
         if "ipc" in names:
             prims.append(ipc.IpcNamespace())
-        network = NETWORKS[self.net](self) if "net" in names else None
+        network = NETWORKS[spec.network](spec) if "net" in names else None
         if network is not None:
             prims.append(network)
         if "mount" in names:
             prims.append(mount.MountNamespace(self._rootfs(), self.volumes, self.tmpfs,
-                                              overlay=self.overlay, owner=self._owner()))
-        if self.bandwidth is not None:
-            prims.append(bandwidth.Bandwidth(self.bandwidth, network))
+                                              overlay=spec.overlay, owner=self._owner(),
+                                              read_only=spec.read_only, workdir=spec.workdir))
+        elif spec.workdir is not None:
+            prims.append(mount.WorkingDirectory(spec.workdir))
+        if spec.bandwidth is not None:
+            prims.append(bandwidth.Bandwidth(spec.bandwidth, network))
         if tty:
             prims.append(terminal.Terminal())
-        prims.append(caps.Capabilities(self.keep))
-        if self.seccomp:
-            prims.append(seccomp.Seccomp())
-        if self.init:
+        prims.extend(self._privileges(device_rules))
+        if spec.init:
             prims.append(Init())       # after the filter: the command inherits all of the above
         return prims
+
+    def capabilities(self, device_rules: bool | None = None) -> list[str]:
+        """The capabilities the container keeps: Docker's 14 with --cap-add/--cap-drop,
+        CAP_MKNOD only behind device rules (``without_mknod_unless_asked``)."""
+        keep = caps.resolve(self.config.cap_add, self.config.cap_drop)
+        if self.config.device_rules is None:
+            wanted = self._device_rules_wanted() if device_rules is None else device_rules
+            keep = without_mknod_unless_asked(keep, self.config.cap_add, wanted)
+        return keep
+
+    def _privileges(self, device_rules: bool | None = None) -> list[Primitive]:
+        """The last steps, for start() and exec(): the capabilities and the user
+        switch (caps.Capabilities), then the seccomp filter."""
+        rootless_userns = "user" in self.namespaces and os.geteuid() != 0
+        prims: list[Primitive] = [caps.Capabilities(self.capabilities(device_rules), user=self.user,
+                                                    setgroups=not rootless_userns)]
+        profile = self.config.seccomp_profile
+        if profile is None:
+            prims.append(seccomp.Seccomp())
+        elif profile != UNCONFINED:
+            prims.append(seccomp.Seccomp.from_profile(profile))
+        return prims
+
+    def _device_rules_wanted(self) -> bool:
+        """Device rules: as asked, or (None) where the host has a mechanism and we are root."""
+        asked = self.config.device_rules
+        if asked is None:
+            return devices.available() and os.geteuid() == 0
+        if asked and not devices.available():
+            raise LabkitError("no device control on this host: neither a cgroup v1 devices hierarchy "
+                              "nor a cgroup2 mount for a BPF device program",
+                              "mount one (see `labkit doctor`), or run without device rules")
+        return asked
 
     def _cgroup(self) -> cgroups.Cgroup | None:
         """The container's cgroup; None without root and without limits."""
@@ -207,7 +333,8 @@ class Container:
         return devices.DeviceProgram(group.v2.path)
 
     def _rootfs(self) -> str:
-        return rootfs.check_rootfs(self.rootfs) if self.rootfs else rootfs.default_rootfs()
+        given = self.config.rootfs_dir
+        return rootfs.check_rootfs(given) if given else rootfs.default_rootfs()
 
     def _owner(self) -> tuple[int, int] | None:
         """The host uid/gid of the user namespace's root (it owns the overlay's upper layer)."""
@@ -273,11 +400,11 @@ class Container:
         """Start ``argv`` in the running container's namespaces and cgroup; return its Process."""
         host_pid = self.pid()
         prims: list[Primitive] = [nsenter.JoinNamespaces(host_pid)]
+        if self.config.workdir is not None:
+            prims.append(mount.WorkingDirectory(self.config.workdir))
         if tty:
             prims.append(terminal.Terminal())
-        prims.append(caps.Capabilities(self.keep))
-        if self.seccomp:
-            prims.append(seccomp.Seccomp())
+        prims.extend(self._privileges())
         return spawn(argv, prims, env=self.env, capture=capture, stdio=stdio)
 
     def pid(self) -> int:
@@ -296,12 +423,9 @@ class Container:
     # -- named containers (labkit run --name, exec, ps) --------------------
 
     def spec(self) -> dict[str, object]:
-        """The options that made this container, to rebuild it (JSON-safe)."""
-        return {"rootfs": self.rootfs, "name": self.name, "hostname": self.hostname,
-                "namespaces": list(self.namespaces), "net": self.net, "ip": self.ip,
-                "userns": "user" in self.namespaces, "cap_add": self.cap_add,
-                "cap_drop": self.cap_drop, "seccomp": self.seccomp,
-                **{k if k != "cpu" else "cpus": v for k, v in self.limits.items()}}
+        """The ContainerSpec as a JSON-safe dict: ``Container(ContainerSpec(**c.spec()))``
+        rebuilds the same container (``labkit exec`` rebuilds it from its state file)."""
+        return dataclasses.asdict(self.config)
 
     def _save_state(self) -> None:
         assert self.process is not None and self.name is not None
@@ -320,12 +444,13 @@ class Container:
 
 class Attached(Container):
     """A named container started by another process (``labkit run --name``), found
-    from its state file: ``exec()`` joins it by its host PID."""
+    from its state file: ``exec()`` joins it by its host PID, with its
+    environment, working directory, user, capabilities and seccomp filter."""
 
     def __init__(self, name: str, state: dict) -> None:
-        spec = dict(state["spec"])
-        super().__init__(**{k: v for k, v in spec.items() if k not in ("rootfs", "name")},
-                         name=None, group=f"attached-{name}")
+        known = {f.name for f in dataclasses.fields(ContainerSpec)}
+        spec = {k: v for k, v in state["spec"].items() if k in known}
+        super().__init__(ContainerSpec(**{**spec, "name": None, "group": f"attached-{name}"}))
         self.name = name
         self.host_pid = int(state["pid"])
         self.argv = state.get("argv", [])
@@ -374,16 +499,6 @@ def attach(name: str) -> Attached:
     return Attached(name, state)
 
 
-def _check_namespaces(names: Iterable[str], userns: bool) -> tuple[str, ...]:
-    found = [n.strip() for n in names if n.strip()]
-    for n in found:
-        if n not in ALL_NAMESPACES:
-            raise UsageError(f"unknown namespace {n!r} in --ns", f"choose from {', '.join(ALL_NAMESPACES)}")
-    if userns and "user" not in found:
-        found.append("user")
-    return tuple(dict.fromkeys(found))
-
-
 def without_mknod_unless_asked(keep: list[str], cap_add: Iterable[str], device_rules: bool) -> list[str]:
     """The capabilities to keep when labkit chose the device rules itself.
 
@@ -401,8 +516,8 @@ def without_mknod_unless_asked(keep: list[str], cap_add: Iterable[str], device_r
     return [n for n in keep if n != "CAP_MKNOD"]
 
 
-# --net mode -> the network namespace primitive that makes it (net.py).
+# --network mode -> the network namespace primitive that makes it (net.py).
 NETWORKS = {
-    "none": lambda c: net.NetNamespace(),
-    "bridge": lambda c: net.BridgeNetwork(c.ip),
+    "none": lambda spec: net.NetNamespace(),
+    "bridge": lambda spec: net.BridgeNetwork(spec.ip),
 }

@@ -133,8 +133,14 @@ def check_target(target: str) -> str:
 class MountNamespace(Primitive):
     """A new mount namespace whose root is ``rootfs`` (an overlay of it by default).
 
-    ``volumes`` are bind-mounted, ``tmpfs`` paths get an empty tmpfs. On the
-    host, ``upper`` is the container's writable layer (None without overlay).
+    ``volumes`` are bind-mounted, ``tmpfs`` paths get an empty tmpfs. After
+    pivot_root(2), ``workdir`` is made if missing (inside the new root, so a
+    link in the image resolves there) and becomes the working directory; then,
+    with ``read_only``, the root mount turns read-only: only that mount (a
+    remount's flags are per mount, mount(2)), so /proc, /dev, /sys, the
+    volumes and the tmpfs mounts stay as they are, and writes to the rest fail
+    with EROFS. On the host, ``upper`` is the container's writable layer (None
+    without overlay).
     With a user namespace, ``owner`` is the host (uid, gid) of its root: the
     upper layer must belong to it, or overlayfs cannot write there.
     """
@@ -144,7 +150,8 @@ class MountNamespace(Primitive):
 
     def __init__(self, rootfs: str, volumes: tuple[Volume, ...] | list[Volume] = (),
                  tmpfs: tuple[str, ...] | list[str] = (), overlay: bool = True,
-                 owner: tuple[int, int] | None = None) -> None:
+                 owner: tuple[int, int] | None = None, read_only: bool = False,
+                 workdir: str | None = None) -> None:
         if not os.path.isdir(rootfs):
             raise UsageError(f"rootfs {rootfs} is not a directory",
                              "give a directory, or build one: labkit rootfs build DIR")
@@ -153,6 +160,8 @@ class MountNamespace(Primitive):
         self.tmpfs = [check_target(t) for t in tmpfs]
         self.overlay = overlay
         self.owner = owner
+        self.read_only = read_only
+        self.workdir = workdir or "/"
         self.dir: str | None = None
         self.upper: str | None = None
 
@@ -230,6 +239,11 @@ class MountNamespace(Primitive):
         os.chdir("/")
         kernel.umount2(OLD_ROOT, kernel.MNT_DETACH)
         os.rmdir(OLD_ROOT)
+        # 6. The working directory (as docker, made if missing), then the read-only root.
+        os.makedirs(self.workdir, exist_ok=True)
+        os.chdir(self.workdir)
+        if self.read_only:
+            _remount_readonly("/")
 
     def release(self) -> None:
         """Remove the container's upper and work directories. The mounts went
@@ -243,6 +257,20 @@ class MountNamespace(Primitive):
                         os.chmod(os.path.join(parent, d), 0o700)
             shutil.rmtree(self.dir)
         self.dir = None
+
+
+class WorkingDirectory(Primitive):
+    """chdir(2) to ``path`` in enter(): the working directory of ``labkit exec``
+    (the container's), and of a container without a mount namespace, whose
+    directory must exist (labkit makes nothing in the host's tree)."""
+
+    name = "workdir"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def enter(self) -> None:
+        os.chdir(self.path)
 
 
 def _refuse_links(root: str, target: str) -> None:
@@ -320,10 +348,14 @@ def _bind(source: str, target: str, readonly: bool, flags: int = 0) -> None:
     """
     kernel.mount(source, target, None, kernel.MS_BIND | kernel.MS_REC)
     if readonly:
-        inherited = os.statvfs(target).f_flag
-        kept = sum(ms for st, ms in _MOUNT_FLAGS.items() if inherited & st)
-        kernel.mount(None, target, None,
-                     kernel.MS_BIND | kernel.MS_REMOUNT | kernel.MS_RDONLY | kept | flags)
+        _remount_readonly(target, flags)
+
+
+def _remount_readonly(target: str, flags: int = 0) -> None:
+    """Make the mount at ``target`` read-only, keeping the flags it has (``_bind``)."""
+    inherited = os.statvfs(target).f_flag
+    kept = sum(ms for st, ms in _MOUNT_FLAGS.items() if inherited & st)
+    kernel.mount(None, target, None, kernel.MS_BIND | kernel.MS_REMOUNT | kernel.MS_RDONLY | kept | flags)
 
 
 def _mask(path: str, dev_null: str) -> None:

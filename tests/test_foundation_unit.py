@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from labkit import cli, doctor, spawn, uts
+from labkit import cli, container, doctor, spawn, uts
 from labkit.errors import (CommandNotExecutableError, CommandNotFoundError, KernelError,
                            LabkitError, NotRootError, UsageError)
 
@@ -29,19 +29,21 @@ def test_command_options_are_not_taken_as_labkit_options():
     assert cli.command_of(args) == ["ls", "--hostname", "x"]
 
 
-def test_default_namespaces_are_those_of_design_that_exist():
-    names = cli.namespace_names(None)
-    assert names == [n for n in cli.DEFAULT_NAMESPACES.split(",") if n in cli.NAMESPACES]
-    assert {"pid", "uts", "ipc"} <= set(names)
+def test_default_namespaces_are_those_of_design():
+    names = container.parse_namespaces(None)
+    assert names == ("pid", "uts", "ipc", "mount", "net", "cgroup") == container.DEFAULT_NAMESPACES
 
 
 def test_ns_list_keeps_order_and_drops_duplicates():
-    assert cli.namespace_names("uts,pid,uts") == ["uts", "pid"]
+    assert container.parse_namespaces("uts,pid,uts") == ("uts", "pid")
+    assert container.parse_namespaces(["uts", " pid", "uts"]) == ("uts", "pid")
 
 
 def test_unknown_namespace_is_a_usage_error_naming_it():
     with pytest.raises(UsageError, match="unknown namespace 'time'"):
-        cli.namespace_names("pid,time")
+        container.parse_namespaces("pid,time")
+    with pytest.raises(UsageError, match="unknown namespace 'time'"):
+        container.ContainerSpec(namespaces=["pid", "time"])
 
 
 def test_hostname_without_uts_namespace_is_refused():

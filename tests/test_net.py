@@ -197,13 +197,13 @@ def test_cli_net_none_is_default_and_bridge_shows_eth0(no_leaks):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ip", "10.88.0.5"], "--ip needs --net bridge"),
-    (["--net", "none", "--ip", "10.88.0.5/16"], "--ip needs --net bridge"),
+    (["--ip", "10.88.0.5"], "--ip needs --network bridge"),
+    (["--net", "none", "--ip", "10.88.0.5/16"], "--ip needs --network bridge"),
     (["--net", "bridge", "--ip", "10.1.2.3/16"], "outside the lab network"),
     (["--net", "bridge", "--ip", "10.88.0.5/33"], "not an IPv4 address/prefix"),
     (["--net", "bridge", "--ip", "10.88.0.5/8"], "prefix /8 differs"),
     (["--net", "bridge", "--ns", "pid"], "needs a network namespace"),
-    (["--net", "wifi"], "invalid choice"),
+    (["--net", "wifi"], "unknown network mode"),
 ])
 def test_cli_bad_network_input_is_one_line_exit_125(args, message, no_leaks):
     r = labkit_cli("run", *args, "--", "true")
