@@ -240,7 +240,7 @@ def test_bandwidth_1mbit_both_ways_between_lab_namespaces(no_leaks):
     (["--pids", "0"], "zero"), (["--pids", "ten"], "malformed"),
     (["--io-write-bps", "2XB/s"], "malformed"), (["--io-read-bps", "0"], "zero"),
     (["--io-write-bps", "/dev/nonexistent:2MB/s"], "no device"),
-    (["--bandwidth", "1mbit"], "needs --net bridge"),
+    (["--bandwidth", "1mbit"], "needs --network bridge"),
     (["--net", "bridge", "--bandwidth", "fast"], "malformed"),
     (["--restart", "always"], "unknown --restart"), (["--restart", "on-failure:0"], "bad restart count"),
 ])
