@@ -113,22 +113,30 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, f"see `{self.prog} --help`")
 
 
-class _Refuse(argparse.Action):
-    """An option labkit knows of and does not take: one line that says why."""
+def refusal(command: str, option: str) -> UsageError | None:
+    """The one-line refusal of an option `command` does not take but knows of
+    (DOCKER_ONLY; RUN_ONLY for trace), or None for an option nobody knows."""
+    name = option.split("=", 1)[0] if option.startswith("--") else option[:2]
+    tables = (DOCKER_ONLY, RUN_ONLY) if command == "trace" else (DOCKER_ONLY,)
+    for table in tables:
+        for options, why in table.items():
+            if name in options:
+                return UsageError(f"{name} is not an option of labkit {command}", why)
+    return None
 
-    def __init__(self, option_strings: list[str], dest: str, why: str, **kwargs: object) -> None:
-        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, default=None)
-        self.why = why
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: object, option_string: str | None = None) -> None:
-        raise UsageError(f"{option_string} is not an option of {parser.prog}", self.why)
-
-
-def refuse(parser: argparse.ArgumentParser, table: dict[tuple[str, ...], str]) -> None:
-    for options, why in table.items():
-        for option in options:
-            parser.add_argument(option, dest=f"refused{option}", action=_Refuse, why=why)
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the command line; an option of Docker's that labkit lacks is refused
+    with the reason (a lookup, not a parser option: the parser stays small)."""
+    args, unknown = build_parser().parse_known_args(argv)
+    for option in unknown:
+        if option.startswith("-") and args.command in ("run", "trace"):
+            error = refusal(args.command, option)
+            if error is not None:
+                raise error
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)}", "see `labkit --help`")
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background (needs --name); print the name; "
                           "then labkit logs|stop|kill|wait|rm NAME")
-    refuse(run, DOCKER_ONLY)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                      help="the command to run and its arguments")
 
@@ -179,7 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
                                 "with kprobes the other calls keep the kernel's fast path")
     trace_cmd.add_argument("--buffer-kb", type=int, default=16384, metavar="KB",
                            help="tracefs buffer per CPU (default 16384); lost events are reported")
-    refuse(trace_cmd, {**DOCKER_ONLY, **RUN_ONLY})
     trace_cmd.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                            help="the command to run and its arguments")
     exec_cmd = sub.add_parser("exec", help="run another command in a running named container",
@@ -404,15 +410,15 @@ def primitives_for(args: argparse.Namespace) -> list[Primitive]:
 # README's grammar): [DOMAIN[:PORT]/]NAME[/NAME...][:TAG][@DIGEST], NAME lowercase.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
-IMAGE_REFERENCE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
-                             r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+IMAGE_REFERENCE = (rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+                   r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
 
 
 def image_hint(command: str) -> UsageError | None:
     """When a command the container could not find reads as an image name
     (ubuntu, busybox:latest, docker.io/library/alpine), the error that says
     labkit takes a root filesystem, not an image; else None."""
-    if not IMAGE_REFERENCE.fullmatch(command):
+    if not re.fullmatch(IMAGE_REFERENCE, command):
         return None
     return UsageError(f"{command}: no such command in the container's root filesystem, and labkit "
                       "takes no image name: it runs a root filesystem (--rootfs DIR)",
@@ -707,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not argv:
             parser.print_help()
             return 0
-        args = parser.parse_args(argv)
+        args = parse_args(argv)
         return COMMANDS[args.command](args)
     except LabkitError as e:
         print(f"labkit: {e}", file=sys.stderr)
