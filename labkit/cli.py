@@ -414,16 +414,29 @@ IMAGE_REFERENCE = (rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
                    r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
 
 
-def image_hint(command: str) -> UsageError | None:
-    """When a command the container could not find reads as an image name
-    (ubuntu, busybox:latest, docker.io/library/alpine), the error that says
-    labkit takes a root filesystem, not an image; else None."""
+IMAGE_HINT = ("labkit runs a root filesystem (--rootfs DIR), not an image: "
+              "`labkit rootfs build DIR --from TARBALL` imports the files of a `docker export`")
+
+
+def image_hint(command: str, rootfs_given: bool) -> LabkitError | None:
+    """The error for a command the container did not find (execve(2): ENOENT)
+    that reads as an image name; None when it does not.
+
+    An image reference with a tag, a digest or a path (busybox:latest,
+    docker.io/library/alpine) names no command: exit 125, the hint. A bare
+    word (ubuntu) may be either, so it stays "command not found", exit 127 as
+    docker's for a missing command, with the hint added when the default root
+    filesystem was used (a user of --rootfs knows what labkit runs).
+    """
     if not re.fullmatch(IMAGE_REFERENCE, command):
         return None
-    return UsageError(f"{command}: no such command in the container's root filesystem, and labkit "
-                      "takes no image name: it runs a root filesystem (--rootfs DIR)",
-                      "give the command to run (e.g. labkit run -- sh), or import an image's files "
-                      "from a `docker export` tarball: labkit rootfs build DIR --from TARBALL")
+    if any(c in command for c in ":/@"):
+        return UsageError(f"{command} looks like an image name and is no command in the container",
+                          IMAGE_HINT)
+    if rootfs_given:
+        return None
+    return CommandNotFoundError(f"{command}: command not found in the container",
+                                f"check its name; if it is an image: {IMAGE_HINT}")
 
 
 def command_of(args: argparse.Namespace) -> list[str]:
@@ -479,7 +492,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, _on_signal)
     restarts = 0
     while True:
-        with box, hint_for_images(argv[0]):                    # fresh primitives (a fresh cgroup) each start
+        with box, hint_for_images(argv[0], args.rootfs is not None):                    # fresh primitives (a fresh cgroup) each start
             status = attached(lambda **io: box.start(argv, **io), args.tty)
             report_oom(box.prims)                       # before release() removes the cgroup
         if not policy.should_restart(status, restarts):
@@ -489,12 +502,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def hint_for_images(command: str) -> Iterator[None]:
+def hint_for_images(command: str, rootfs_given: bool) -> Iterator[None]:
     """``command`` not found, when it reads as an image name, gets image_hint's error."""
     try:
         yield
     except CommandNotFoundError:
-        hint = image_hint(command)
+        hint = image_hint(command, rootfs_given)
         if hint is None:
             raise
         raise hint from None
@@ -571,7 +584,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         prims.append(tracer)                        # last: joins after, releases before the others
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _on_signal)
-        with hint_for_images(argv[0]), spawn(argv, prims, capture=False) as proc:
+        with hint_for_images(argv[0], args.rootfs is not None), spawn(argv, prims, capture=False) as proc:
             tracer.observe(proc.pid)
             returncode = proc.wait()
         records = tracer.records if args.all else tracer.command_records()

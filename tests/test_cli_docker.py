@@ -220,17 +220,29 @@ def test_each_refusal_is_one_line_and_exit_125(args, words, no_leaks):
     one_line_125(labkit_cli("run", *args), words)
 
 
-@pytest.mark.parametrize("image", ["ubuntu", "alpine", "busybox:latest", "docker.io/library/alpine",
-                                   "ghcr.io/x/y:1.0"])
-def test_an_image_name_gets_the_rootfs_hint(image, no_leaks):
-    one_line_125(labkit_cli("run", image, "bash"), "--rootfs DIR", "labkit rootfs build", "docker export")
+@pytest.mark.parametrize("image", ["busybox:latest", "docker.io/library/alpine", "ghcr.io/x/y:1.0",
+                                   "alpine@sha256:" + "0" * 64])
+def test_an_image_reference_is_refused_with_the_rootfs_hint(image, no_leaks):
+    one_line_125(labkit_cli("run", image, "bash"), "looks like an image name", "--rootfs DIR",
+                 "labkit rootfs build", "docker export")
 
 
-def test_commands_in_the_rootfs_run_and_a_path_not_found_stays_127(no_leaks):
+@pytest.mark.parametrize("word", ["ubuntu", "alpine"])
+def test_a_bare_image_name_is_not_found_with_the_hint(word, no_leaks):
+    """A bare word may be a command: not found (127, as docker), with the hint."""
+    r = labkit_cli("run", word, "bash")
+    assert r.returncode == 127 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{word}: command not found in the container" in r.stderr and "--rootfs DIR" in r.stderr
+
+
+def test_commands_in_the_rootfs_run_and_a_path_not_found_stays_127(tmp_path, no_leaks):
     assert labkit_cli("run", "sh", "-c", "echo hi").stdout == "hi\n"
     assert labkit_cli("run", "--", "busybox", "echo", "hi").stdout == "hi\n"
     r = labkit_cli("run", "--", "/no/such/program")
     assert r.returncode == 127 and "--rootfs" not in r.stderr
+    (tmp_path / "empty").mkdir()                 # with --rootfs, a missing sh is only not found
+    r = labkit_cli("run", "--rootfs", str(tmp_path / "empty"), "--", "sh")
+    assert r.returncode == 127 and "image" not in r.stderr
 
 
 def test_every_docker_only_option_is_refused_with_its_reason():
