@@ -45,7 +45,7 @@ import itertools
 import json
 import os
 import shutil
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from . import (bandwidth, caps, cgroupns, cgroups, devices, ipc, mount, net, nsenter, pid, rootfs,
                seccomp, terminal, user, uts)
