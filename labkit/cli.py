@@ -128,7 +128,7 @@ def refusal(command: str, option: str) -> UsageError | None:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse the command line; an option of Docker's that labkit lacks is refused
     with the reason (a lookup, not a parser option: the parser stays small)."""
-    args, unknown = build_parser().parse_known_args(argv)
+    args, unknown = build_parser(argv[0] if argv else None).parse_known_args(argv)
     for option in unknown:
         if option.startswith("-") and args.command in ("run", "trace"):
             error = refusal(args.command, option)
@@ -139,7 +139,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with ``command`` ("run" or "trace"), the
+    other one of those two gets no options (a `labkit run` builds less)."""
     parser = _Parser(prog="labkit", description="Build a Linux container from kernel primitives.",
                      epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"labkit {__version__}")
@@ -153,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a command in a new container", add_help=False,
                          usage="labkit run [OPTIONS] [--] CMD [ARG...]", epilog=EXIT_CODES,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    if command in (None, "run"):
+        add_run_parser(run)
+
+    trace_cmd = sub.add_parser("trace", help="run a command and print what the kernel checked", add_help=False,
+                               usage="labkit trace [OPTIONS] [--json] [-o FILE] [--all] [--quiet-checks] "
+                                     "[--no-fold] [--syscalls LIST] [--] CMD [ARG...]",
+                               epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if command in (None, "trace"):
+        add_trace_parser(trace_cmd)
+    add_other_commands(sub)
+    return parser
+
+
+def add_run_parser(run: argparse.ArgumentParser) -> None:
     run.add_argument("--help", action="help", help="show this help and exit")
     add_container_options(run)
     add_run_only_options(run)
@@ -162,10 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                      help="the command to run and its arguments")
 
-    trace_cmd = sub.add_parser("trace", help="run a command and print what the kernel checked", add_help=False,
-                               usage="labkit trace [OPTIONS] [--json] [-o FILE] [--all] [--quiet-checks] "
-                                     "[--no-fold] [--syscalls LIST] [--] CMD [ARG...]",
-                               epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def add_trace_parser(trace_cmd: argparse.ArgumentParser) -> None:
     trace_cmd.add_argument("--help", action="help", help="show this help and exit")
     add_container_options(trace_cmd)
     trace_cmd.add_argument("--json", action="store_true",
@@ -188,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="tracefs buffer per CPU (default 16384); lost events are reported")
     trace_cmd.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                            help="the command to run and its arguments")
+
+
+def add_other_commands(sub: argparse._SubParsersAction) -> None:
+    """exec, ps, cleanup, rootfs, exercises, check."""
     exec_cmd = sub.add_parser("exec", help="run another command in a running named container",
                               usage="labkit exec [-i] [-t] NAME [--] CMD [ARG...]")
     add_terminal_options(exec_cmd)
@@ -227,7 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the solution notebooks whose check cells grade (default: this checkout's notebooks/)")
     check.add_argument("--timeout", type=int, default=300, metavar="SECONDS",
                        help="longest a cell may run before it is interrupted (default 300)")
-    return parser
 
 
 def add_container_options(parser: argparse.ArgumentParser) -> None:
