@@ -126,6 +126,17 @@ def test_pids_limit_stops_a_fork_past_it(option, no_leaks):
     assert (r.returncode, r.stdout) == (0, "done\n") and "can't fork" not in r.stderr
 
 
+def test_pids_limit_is_the_groups_pids_max(no_leaks):
+    """The value --pids-limit gives is what the container's group holds (read from the host)."""
+    args = cli.parse_args(["run", "--pids-limit", "7", "--", "sleep", "30"])
+    with cli.container_for(args) as box:
+        box.start(cli.command_of(args))
+        group = next(p for p in box.prims if p.name == "cgroup")
+        files = [os.path.join(d, "pids.max") for d in group.paths()
+                 if os.path.exists(os.path.join(d, "pids.max"))]
+        assert files and all(open(f).read() == "7\n" for f in files)
+
+
 @pytest.mark.parametrize("option", ["--network", "--net"])
 def test_network_bridge_gives_eth0(option, no_leaks):
     r = labkit_cli("run", option, "bridge", "--", "ls", "/sys/class/net")
