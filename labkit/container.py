@@ -285,13 +285,13 @@ class Container:
         """The last steps, for start() and exec(): the capabilities and the user
         switch (caps.Capabilities), then the seccomp filter."""
         rootless_userns = "user" in self.namespaces and os.geteuid() != 0
-        prims: list[Primitive] = [caps.Capabilities(self.capabilities(device_rules), user=self.user,
-                                                    setgroups=not rootless_userns)]
+        keep = self.capabilities(device_rules)
+        prims: list[Primitive] = [caps.Capabilities(keep, user=self.user, setgroups=not rootless_userns)]
         profile = self.config.seccomp_profile
         if profile is None:
             prims.append(seccomp.Seccomp())
-        elif profile != UNCONFINED:
-            prims.append(seccomp.Seccomp.from_profile(profile))
+        elif profile != UNCONFINED:                # a profile's rules may depend on the capabilities
+            prims.append(seccomp.Seccomp.from_profile(profile, caps=keep))
         return prims
 
     def _device_rules_wanted(self) -> bool:
