@@ -285,7 +285,7 @@ def test_trace_writes_to_the_file_o_names(tmp_path, no_leaks):
     one_line_125(labkit_cli("trace", "-o", str(tmp_path / "no" / "dir"), "--", "true"), "cannot write -o")
 
 
-@pytest.mark.parametrize("option", ["--name", "-t", "-i", "--restart", "--rm", "--platform"])
+@pytest.mark.parametrize("option", ["--name", "-t", "-i", "--restart", "--rm", "-d", "--detach", "--platform"])
 def test_trace_refuses_what_it_does_not_use(option, no_leaks):
     one_line_125(labkit_cli("trace", option, "x", "--", "true"), f"{option} is not an option of labkit trace")
 
