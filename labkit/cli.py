@@ -739,9 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line; bare `labkit` prints the help and exits 0, as bare `docker` does."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        parser = build_parser()
         if not argv:
-            parser.print_help()
+            build_parser().print_help()
             return 0
         args = parse_args(argv)
         return COMMANDS[args.command](args)
