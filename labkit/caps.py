@@ -21,12 +21,11 @@ bits and file capabilities altogether, for this process and all its children.
 from __future__ import annotations
 
 import os
-import signal
 from typing import Iterable, NamedTuple
 
 from . import kernel
 from .errors import UsageError
-from .spawn import Primitive
+from .spawn import Primitive, die_with_parent
 
 # Capability numbers are indexes in this tuple (kernel.py holds it: <linux/capability.h>).
 CAPABILITIES = kernel.CAPABILITIES
@@ -160,8 +159,9 @@ class Capabilities(Primitive):
                 os.setgroups([])                   # the primary group alone
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
-            # A change of effective UID clears the parent-death signal (prctl(2)): set it again.
-            kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
+            # The new UID cleared the parent-death signal (kernel/cred.c commit_creds(),
+            # prctl(2) PR_SET_PDEATHSIG): arm it again, and check the parent.
+            die_with_parent()
         _, permitted, _ = kernel.capget()
         kept = self.keep & permitted                  # capset(2) can only lower permitted
         kernel.capset(kept, kept, kept if self.ambient else 0)
