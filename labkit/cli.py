@@ -94,7 +94,8 @@ DOCKER_ONLY: dict[tuple[str, ...], str] = {
 # Options of `run` that `trace` refuses: trace runs one unnamed container to its end.
 RUN_ONLY: dict[tuple[str, ...], str] = {
     ("--name",): "trace runs one unnamed container: run it with labkit run --name to exec into it",
-    ("-i", "--interactive", "-t", "--tty"): "trace gives the command no terminal: its timeline would mix with your session",
+    ("-i", "--interactive", "-t", "--tty"):
+        "trace gives the command no terminal: its timeline would mix with your session",
     ("--restart",): "trace runs the command once",
     ("--rm",): "trace always removes its container (as run does)",
     ("-d", "--detach"): "trace waits for the command to end, to print what the kernel checked",
@@ -478,7 +479,8 @@ def _on_signal(signum: int, frame: object) -> NoReturn:
 # its capabilities cover only what it owns, not the host's cgroups, links or bridge.
 NEEDS_HOST_ROOT = {
     "memory": "--memory writes the host's cgroup files", "cpus": "--cpus writes the host's cgroup files",
-    "pids": "--pids-limit writes the host's cgroup files", "io_read_bps": "--io-read-bps writes the host's cgroup files",
+    "pids": "--pids-limit writes the host's cgroup files",
+    "io_read_bps": "--io-read-bps writes the host's cgroup files",
     "io_write_bps": "--io-write-bps writes the host's cgroup files",
     "bandwidth": "--bandwidth changes a link on the host", "ip": "--ip configures the host's bridge labkit0",
     "network": "--network bridge plugs a link into the host's bridge labkit0",
@@ -509,7 +511,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, _on_signal)
     restarts = 0
     while True:
-        with box, hint_for_images(argv[0], args.rootfs is not None):                    # fresh primitives (a fresh cgroup) each start
+        with box, hint_for_images(argv[0], args.rootfs is not None):   # fresh primitives each start
             status = attached(lambda **io: box.start(argv, **io), args.tty)
             report_oom(box.prims)                       # before release() removes the cgroup
         if not policy.should_restart(status, restarts):

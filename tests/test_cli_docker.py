@@ -259,8 +259,9 @@ def test_commands_in_the_rootfs_run_and_a_path_not_found_stays_127(tmp_path, no_
 def test_every_docker_only_option_is_refused_with_its_reason():
     for options, why in cli.DOCKER_ONLY.items():
         for option in options:
-            with pytest.raises(UsageError, match=f"^{option} is not an option of labkit run: "):
+            with pytest.raises(UsageError) as refused:
                 cli.parse_args(["run", option, "x", "--", "true"])
+            assert str(refused.value) == f"{option} is not an option of labkit run: {why}"
 
 
 def test_version_and_bare_labkit():
