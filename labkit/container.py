@@ -165,8 +165,8 @@ class ContainerSpec:
         self.namespaces, self.userns = names, "user" in names
         self.volumes = [v if isinstance(v, str) else f"{v.source}:{v.target}{':ro' if v.readonly else ''}"
                         for v in self.volumes]
-        for listed in ("uid_map", "gid_map", "tmpfs", "cap_add", "cap_drop"):
-            setattr(self, listed, list(getattr(self, listed) or ()))
+        for listed in ("uid_map", "gid_map", "tmpfs", "cap_add", "cap_drop"):   # (an IdMap is "I:O:C")
+            setattr(self, listed, [str(item) for item in getattr(self, listed) or ()])
         if self.network not in NETWORKS:
             raise UsageError(f"unknown network mode {self.network!r}", f"choose from {', '.join(NETWORKS)}")
         if self.ip is not None and self.network != "bridge":

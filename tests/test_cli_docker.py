@@ -16,6 +16,7 @@ from conftest import REPO, labkit_cli
 from labkit import caps, cli, container, seccomp
 from labkit.container import Container, ContainerSpec
 from labkit.errors import UsageError
+from labkit.user import IdMap
 
 
 def cli_run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -316,5 +317,6 @@ def test_spec_round_trips_through_json():
     again = Container(ContainerSpec(**json.loads(json.dumps(c.spec()))))
     assert again.config == c.config and again.spec() == c.spec()
     assert again.env["A"] == "1" and again.user == (1000, 2) and again.config.userns
+    assert ContainerSpec(userns=True, uid_map=[IdMap(0, 100000, 10)]).uid_map == ["0:100000:10"]
     with pytest.raises(UsageError, match="one ContainerSpec"):
         Container("/some/rootfs")
