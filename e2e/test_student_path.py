@@ -180,7 +180,8 @@ def assert_serves_handouts_only(vm: LabVM) -> None:
     """The server's root lists the numbered notebooks of the checkout, each a student
     version with locked check cells, and nothing else: no solution in the student's view."""
     listed = sorted(item["name"] for item in vm.api("GET", "/api/contents/")["content"])
-    numbered = sorted(n for n in os.listdir(os.path.join(REPO, "notebooks")) if n[:2].isdigit() and n.endswith(".ipynb"))
+    numbered = sorted(n for n in os.listdir(os.path.join(REPO, "notebooks"))
+                      if n[:2].isdigit() and n.endswith(".ipynb"))
     assert listed == numbered, f"the file browser shows {listed}, not the handouts {numbered}"
     for name in listed:
         nb = vm.api("GET", f"/api/contents/{name}?content=1")["content"]

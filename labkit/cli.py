@@ -21,7 +21,7 @@ from typing import IO, Callable, Iterator, NoReturn, Sequence
 
 from . import __version__, cgroups, container, detach, net, restart, rootfs, terminal
 from .errors import CommandNotFoundError, LabkitError, NotRootError, UsageError
-from .spawn import Primitive, Process, spawn
+from .spawn import Primitive, Process, exit_status, spawn
 
 USAGE_EXAMPLES = """\
 examples:
@@ -464,11 +464,6 @@ def command_of(args: argparse.Namespace) -> list[str]:
     if not cmd:
         raise UsageError("no command given", "name one, e.g. labkit run -- /bin/sh -c 'echo hi'")
     return cmd
-
-
-def exit_status(returncode: int) -> int:
-    """subprocess-style return code -> shell exit status (128+N for signal N)."""
-    return 128 - returncode if returncode < 0 else returncode
 
 
 def _on_signal(signum: int, frame: object) -> NoReturn:

@@ -43,6 +43,7 @@ from typing import NoReturn
 
 from . import container
 from .errors import LabkitError, UsageError
+from .spawn import exit_status
 
 RECORD_DIR = "/run/labkit/detached"
 DEFAULT_STOP_TIMEOUT = 10        # seconds, as docker stop
@@ -136,9 +137,7 @@ def _supervise(box: container.Container, argv: list[str], directory: str, report
             try:
                 box.stop()                       # kill what still runs, reap, release every primitive
             finally:
-                returncode = proc.returncode or 0
-                code = 128 - returncode if returncode < 0 else returncode
-                _write_atomic(os.path.join(directory, "status"), f"{code}\n")
+                _write_atomic(os.path.join(directory, "status"), f"{exit_status(proc.returncode or 0)}\n")
     except SystemExit:                      # a signal: the container was stopped and released
         pass
     except BaseException as e:              # noqa: BLE001 - the supervisor has no one to raise to

@@ -50,9 +50,8 @@ import os
 import signal
 
 from . import kernel
-from .spawn import Primitive
+from .spawn import Primitive, exit_status
 
-PR_SET_NAME = 15                   # prctl(2): the thread's name, /proc/PID/comm
 COMM = b"labkit-init"              # at most 15 bytes (TASK_COMM_LEN, include/linux/sched.h)
 
 # Every signal a process can take: SIGKILL and SIGSTOP cannot be blocked (signal(7)).
@@ -76,7 +75,7 @@ class Init(Primitive):
         if command == 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, set())     # the command: an empty mask
             return
-        kernel.prctl(PR_SET_NAME, ctypes.addressof(self._comm))   # ps shows labkit-init, not python
+        kernel.prctl(kernel.PR_SET_NAME, ctypes.addressof(self._comm))   # ps shows labkit-init, not python
         serve(command)
 
 
@@ -102,5 +101,4 @@ def serve(command: int) -> None:
             if pid == 0:
                 break
             if pid == command:
-                code = os.waitstatus_to_exitcode(status)
-                os._exit(128 - code if code < 0 else code)
+                os._exit(exit_status(os.waitstatus_to_exitcode(status)))

@@ -87,7 +87,7 @@ class LoopDevice:
     def _configure(self, backing: int) -> None:
         control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
         try:
-            for attempt in range(20):            # another process may take the same free one
+            for _attempt in range(20):            # another process may take the same free one
                 number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
                 fd = os.open(f"/dev/loop{number}", os.O_RDWR | os.O_CLOEXEC)
                 try:

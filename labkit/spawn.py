@@ -85,6 +85,12 @@ def die_with_parent() -> None:
         os._exit(128 + signal.SIGKILL)      # as the signal would have ended it
 
 
+
+def exit_status(returncode: int) -> int:
+    """A subprocess-style return code (-N: killed by signal N) as the shell's
+    exit status: 128+N for signal N, as sh(1) and docker report it."""
+    return 128 - returncode if returncode < 0 else returncode
+
 class Primitive:
     """One isolation primitive: the namespaces it needs and its five hooks.
 

@@ -711,7 +711,8 @@ class Trace(Primitive):
             except OSError as e:
                 raise LabkitError(f"--syscalls: this kernel refused a probe on {symbol}: {e.strerror}",
                                   "check the name (syscalls(2)); some calls have another kernel function") from None
-            self.syscall_source = f"kprobes on {SYSCALL_SYMBOL[machine].format('NAME')} (the other calls stay on the fast path)"
+            self.syscall_source = (f"kprobes on {SYSCALL_SYMBOL[machine].format('NAME')} "
+                                   "(the other calls stay on the fast path)")
             return ["raw_syscalls/sys_enter", "raw_syscalls/sys_exit"]
         condition = " || ".join(f"id == {syscall_number(name)}" for name in self.syscalls)
         for event in ("sys_enter", "sys_exit"):
@@ -764,7 +765,7 @@ class Trace(Primitive):
         for counter in EVENTS:
             if counter.controller in self.cgroup_dirs:
                 version, directory = self.cgroup_dirs[counter.controller]
-                value = counter.value(version, lambda file: _read(os.path.join(directory, file)))
+                value = counter.value(version, lambda file, d=directory: _read(os.path.join(d, file)))
                 if value is not None:
                     counts[counter.name] = value
         return counts

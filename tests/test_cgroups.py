@@ -83,8 +83,9 @@ def test_v2_io_max_format():
 def test_v2_documented_files_parse():
     events = v2.parse_flat_keyed("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n")
     assert events["oom_kill"] == 1 and events["max"] == 12
-    io_stat = v2.parse_nested_keyed("8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n"
-                                    "8:0 rbytes=90430464 wbytes=299008000 rios=8950 wios=1252 dbytes=50331648 dios=3021\n")
+    io_stat = v2.parse_nested_keyed(
+        "8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n"
+        "8:0 rbytes=90430464 wbytes=299008000 rios=8950 wios=1252 dbytes=50331648 dios=3021\n")
     assert io_stat["8:16"]["wbytes"] == 314773504 and io_stat["8:0"]["rios"] == 8950
     io_max = v2.parse_nested_keyed("8:16 rbps=2097152 wbps=max riops=max wiops=120\n")
     assert io_max["8:16"] == {"rbps": 2097152, "wbps": -1, "riops": -1, "wiops": 120}

@@ -33,7 +33,7 @@ def host_saturated() -> bool:
 
 def test_half_a_cpu_holds_a_busy_loop_to_50_percent(no_leaks):
     shares = []
-    for attempt in range(2):                          # other engineers load this machine: retry once
+    for _attempt in range(2):                          # other engineers load this machine: retry once
         cg = Cgroup(f"t-cpu-{os.getpid()}", cpu=0.5)
         with spawn.spawn(BUSY, [pid.PidNamespace(), cg]):
             share = cpu_share(cg)
@@ -287,7 +287,8 @@ def test_a_crashed_lab_leaves_no_attached_loop_device(no_leaks):
     from labkit.loopdev import BACKING_DIR, remove_leftovers
 
     name = f"t-crash-{os.getpid()}"
-    code = f"from labkit.loopdev import LoopDevice; import os; d = LoopDevice({name!r}, '1M'); print(d.attach(), flush=True); os._exit(9)"
+    code = (f"from labkit.loopdev import LoopDevice; import os; d = LoopDevice({name!r}, '1M'); "
+            "print(d.attach(), flush=True); os._exit(9)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     device = out.stdout.strip()
     assert device.startswith("/dev/loop"), out.stderr

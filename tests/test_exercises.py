@@ -14,6 +14,8 @@ import glob
 import json
 import os
 import re
+import subprocess
+import sys
 import textwrap
 
 import nbformat
@@ -68,8 +70,8 @@ def key_expressions(answer: str) -> set[str]:
     argument in it, each string in it and each option=value word of a string (a shell
     command's bs=64M), normalized."""
     lines = answer.splitlines()
-    begin = [l.strip() for l in lines].index(exercises.BEGIN)
-    end = [l.strip() for l in lines].index(exercises.END)
+    stripped = [line.strip() for line in lines]
+    begin, end = stripped.index(exercises.BEGIN), stripped.index(exercises.END)
     keys = set()
     for node in ast.walk(ast.parse(textwrap.dedent("\n".join(lines[begin + 1:end])))):
         called = isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)     # os.chdir("..")
@@ -162,7 +164,8 @@ WHERE_TO_READ = re.compile(r"then see: |\w\(\d\)|\.rst|labkit/")   # a man page,
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=names(NOTEBOOKS))
 def test_a_later_hint_points_to_the_man_page_or_api(path: str) -> None:
     """The first hint names the concept; a later one says where to read."""
-    bare = [n for n, _, _, check in exercises_of(path) if not any(WHERE_TO_READ.search(h) for h in hints_of(check, n)[1:])]
+    bare = [n for n, _, _, check in exercises_of(path)
+            if not any(WHERE_TO_READ.search(h) for h in hints_of(check, n)[1:])]
     assert not bare, f"exercises {bare}: no later hint names a man page, kernel document or labkit API"
 
 
@@ -217,8 +220,8 @@ def test_build_writes_every_student_notebook(tmp_path) -> None:
             assert exercises.BEGIN not in cell.source and exercises.END not in cell.source
             if cell.cell_type == "code":
                 assert cell.outputs == [] and cell.execution_count is None
-                python = [("#" + l) if l.lstrip().startswith(("%", "!")) else l   # IPython magics aside
-                          for l in cell.source.splitlines()]
+                python = [("#" + line) if line.lstrip().startswith(("%", "!")) else line   # IPython magics aside
+                          for line in cell.source.splitlines()]
                 compile("\n".join(python), path, "exec")                       # still valid Python
     solution = nbformat.read(NOTEBOOKS[1], as_version=4)
     assert "labkit" not in solution.metadata, "the solution notebooks are left as they were"
@@ -295,7 +298,8 @@ def test_grade_reads_a_result_line_the_kernel_sent_in_two_pieces() -> None:
 def test_check_interrupts_a_cell_past_the_timeout_and_goes_on(tmp_path) -> None:
     path = tmp_path / "slow.ipynb"
     nbformat.write(tiny_notebook("import time\ntime.sleep(60)",
-                                 'def check_exercise_1() -> str:\n    return "passed"\nprint(f"exercise 1:", check_exercise_1())'),
+                                 'def check_exercise_1() -> str:\n    return "passed"\n'
+                                 'print(f"exercise 1:", check_exercise_1())'),
                    str(path))
     r = labkit_cli("check", "--timeout", "3", "--solutions", str(tmp_path), str(path), timeout=60)
     # The interrupted cell is reported; the grade is the exercises' (all passed: exit 0).
@@ -322,18 +326,22 @@ def test_check_refuses_a_notebook_without_its_solution(tmp_path) -> None:
 
 
 def test_solution_check_cells_replace_edited_and_deleted_ones() -> None:
-    solution = tiny_notebook("answer = 1", 'def check_exercise_1() -> str:\n    return "passed" if answer == 2 else "hint: x"\n'
+    solution = tiny_notebook("answer = 1",
+                             'def check_exercise_1() -> str:\n    return "passed" if answer == 2 else "hint: x"\n'
                              'print(f"exercise 1:", check_exercise_1())', "x = 1",
-                             'def check_exercise_2() -> str:\n    return "hint: y"\nprint(f"exercise 2:", check_exercise_2())')
+                             'def check_exercise_2() -> str:\n    return "hint: y"\n'
+                             'print(f"exercise 2:", check_exercise_2())')
     student = nbformat.from_dict(solution)
     student.cells[1].source = 'print("exercise 1: passed")'               # edited
     del student.cells[3]                                                   # deleted
     student.cells.append(nbformat.v4.new_code_cell('print("exercise 2: passed")'))
     checks = exercises.with_solution_checks(student, solution)
     assert checks == {solution.cells[1].id: 1, solution.cells[3].id: 2}
-    assert [c.source for c in student.cells] == [c.source for c in solution.cells] + ['print("exercise 2: passed")']
+    extra = ['print("exercise 2: passed")']
+    assert [c.source for c in student.cells] == [c.source for c in solution.cells] + extra
     # Only the solution's check cells' own lines count: the student's extra cell printed "passed".
-    for cell, said in zip(student.cells, ["", "exercise 1: hint: x\n", "", "exercise 2: hint: y\n", "exercise 2: passed\n"]):
+    said_by_cell = ["", "exercise 1: hint: x\n", "", "exercise 2: hint: y\n", "exercise 2: passed\n"]
+    for cell, said in zip(student.cells, said_by_cell):
         cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=said)] if said else []
     report = exercises.grade("t.ipynb", student, checks)
     assert [(e.number, e.passed, e.hint) for e in report.exercises] == [(1, False, "x"), (2, False, "y")]
@@ -403,10 +411,8 @@ def test_a_student_version_with_its_answers_filled_is_the_solution(tmp_path, pat
     assert [(c.cell_type, c.source) for c in filled.cells] == [(c.cell_type, c.source) for c in solution.cells]
 
 
-def nbval(path: str) -> "subprocess.CompletedProcess[str]":
+def nbval(path: str) -> subprocess.CompletedProcess[str]:
     """nbval strict (--nbval, as ./lab test runs it) over one notebook, in its folder."""
-    import subprocess
-    import sys
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
                            "--nbval-current-env", "--nbval-sanitize-with",
                            os.path.join(REPO, "notebooks", "nbval-sanitize.cfg"), path],

@@ -75,7 +75,7 @@ def test_hostname_limit_is_64_bytes_not_characters(name, ok):
 
 @pytest.mark.parametrize("returncode,status", [(0, 0), (3, 3), (-9, 137), (-15, 143)])
 def test_exit_status_maps_signals_to_128_plus_n(returncode, status):
-    assert cli.exit_status(returncode) == status
+    assert spawn.exit_status(returncode) == status
 
 
 def test_error_exit_codes_follow_docker_run():

@@ -115,7 +115,7 @@ def test_detach_stop_with_a_trap_logs_and_wait(name, no_leaks):
     r = labkit_cli("run", "-d", "--name", name, "--",
                    "sh", "-c", "echo out; echo err >&2; trap 'echo bye; exit 3' TERM; while :; do sleep 1; done")
     assert r.returncode == 0 and r.stdout == f"{name}\n", r.stderr
-    assert time.monotonic() - started < 5, "run -d returns at once"
+    assert time.monotonic() - started < 20, "run -d returns while the endless command runs"
     assert name in ps_names(), "labkit ps lists a detached container"
     deadline = time.monotonic() + 5
     while (logs := labkit_cli("logs", name)).stdout.count("\n") < 2 and time.monotonic() < deadline:
@@ -124,7 +124,9 @@ def test_detach_stop_with_a_trap_logs_and_wait(name, no_leaks):
     t0 = time.monotonic()
     r = labkit_cli("stop", name)
     assert r.returncode == 0 and r.stdout == f"{name}\n", r.stderr
-    assert time.monotonic() - t0 < 2, "the trap ends it long before the 10 s timeout"
+    # The trap's own status (3, below) shows SIGTERM ended it; 8 s is under stop's 10 s
+    # timeout, so the SIGKILL never came (a TCG lab VM took 2.1 s where the host takes 0.3 s).
+    assert time.monotonic() - t0 < 8, "the trap ends it before the 10 s timeout"
     r = labkit_cli("wait", name)
     assert (r.returncode, r.stdout) == (0, "3\n"), r.stderr
     assert labkit_cli("logs", name).stdout.split()[-1] == "bye", "the log is kept after the exit"

@@ -63,9 +63,9 @@ def test_container_sees_its_rootfs_and_not_the_hosts(no_leaks):
     root, proc1_root = lines[0], lines[1]
     assert root == proc1_root                                  # /proc/1/root is the container's /
     assert root != f"{host_root.st_dev}:{host_root.st_ino}"
-    listing = set(lines[2:lines.index(next(l for l in lines if l[0].isdigit() and " - " in l))])
+    listing = set(lines[2:lines.index(next(line for line in lines if line[0].isdigit() and " - " in line))])
     assert listing == {".", ".."} | set(os.listdir(ROOTFS))    # the image, no old root left
-    table = [l.split(" - ")[1].split()[0] for l in lines if " - " in l]
+    table = [line.split(" - ")[1].split()[0] for line in lines if " - " in line]
     assert table[0] == "overlay"
     assert "ext4" not in table                                 # no host filesystem mounted inside
 

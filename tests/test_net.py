@@ -120,7 +120,7 @@ def test_bridge_gives_eth0_address_route_and_releases_all(no_leaks):
         assert os.stat(os.path.join(net.NETNS_DIR, netns)).st_ino == kernel.ns_inode(proc.pid, "net")
     assert sorted(inside) == ["eth0", "lo"]
     assert inside["eth0"]["addresses"] == [f"{address}/16"] and inside["eth0"]["state"] == "UP"
-    assert f"default via 10.88.0.1 dev eth0" in routes_inside
+    assert "default via 10.88.0.1 dev eth0" in routes_inside
     assert host[veth]["master"] == net.BRIDGE and host[veth]["kind"] == "veth"
     assert host[net.BRIDGE]["addresses"] == ["10.88.0.1/16"]
     # veth(4): the host end's peer (IFLA_LINK) is eth0's index inside.

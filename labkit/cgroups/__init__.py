@@ -228,7 +228,8 @@ class Cgroup(Primitive):
         self.versions = {c: host[c] for c in needed | {c for c in ACCOUNTING if c in host}}
         self.device = block_device(io_device or "/") if "io" in needed else ""
         v1_mounts, unified = mounts(where)
-        on = lambda version: sorted(c for c, v in self.versions.items() if v == version)
+        def on(version: int) -> list[str]:
+            return sorted(c for c, v in self.versions.items() if v == version)
         # A v2 group is made for the controllers on v2, or, with none on v1 either,
         # for its core files (cgroup.kill, cgroup.events, cpu.stat). On a hybrid host
         # whose v2 tree serves none of ours, joining it would only cost PID 1 an

@@ -20,7 +20,7 @@ SHARED = "#e6e6e6"   # still the host's
 def draw(rows: dict[str, dict[str, bool]], columns: list[str]) -> Figure:
     """The grid: ``rows`` maps a step's label to {column: isolated?}, in build order."""
     fig, ax = plt.subplots(figsize=(1.0 + 0.95 * len(columns), 0.9 + 0.42 * len(rows)))
-    for y, (label, cells) in enumerate(rows.items()):
+    for y, (_label, cells) in enumerate(rows.items()):
         for x, column in enumerate(columns):
             own = cells.get(column, False)
             ax.add_patch(plt.Rectangle((x, y), 0.94, 0.86, color=OWN if own else SHARED))

@@ -47,8 +47,8 @@ def _legend(ax: Axes) -> None:
         ax.plot([], [], "|", color=color, label=name, markersize=10)
     for evidence, label in EVIDENCE_LABELS.items():
         marker, filled = MARKERS[evidence]
-        ax.plot([], [], linestyle="none", marker=marker, color="#444444", markerfacecolor="#444444" if filled else "white",
-                label=label, markersize=7)
+        ax.plot([], [], linestyle="none", marker=marker, color="#444444",
+                markerfacecolor="#444444" if filled else "white", label=label, markersize=7)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
 
 
@@ -90,7 +90,7 @@ def draw_cases(cases: dict[str, Trace]) -> Figure:
     """One row per traced container, from its command's execve; the key calls named,
     each with its evidence circle."""
     fig, ax = plt.subplots(figsize=(12, 0.9 + 0.55 * len(cases)))
-    for y, (name, trace) in enumerate(cases.items()):
+    for y, (_name, trace) in enumerate(cases.items()):
         records = trace.command_records()
         start = records[0].start if records else 0.0
         for r in records:
