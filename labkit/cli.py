@@ -681,7 +681,8 @@ def cmd_exercises_build(args: argparse.Namespace) -> int:
 
     notebooks = args.notebooks or sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "[0-9][0-9]-*.ipynb")))
     if not notebooks:
-        raise UsageError(f"no notebook in {NOTEBOOK_DIR}", "name the solution notebooks to build from")
+        raise UsageError(f"no solution notebook in {NOTEBOOK_DIR} (the notebooks ship with the repository, "
+                         "not with `pip install .`)", "name the solution notebooks, or run from a checkout")
     for path, answers in exercises.build(args.outdir, notebooks):
         print(f"{path}: {answers} answer(s) replaced by a stub")
     return 0
@@ -699,7 +700,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(f"--timeout {args.timeout} is not a duration", "give seconds, e.g. 300")
     solutions = args.solutions or NOTEBOOK_DIR
     if not os.path.isdir(solutions):
-        raise UsageError(f"--solutions {solutions} is not a directory", "give the folder of the solution notebooks")
+        raise UsageError(f"--solutions {solutions} is not a directory (the notebooks ship with the repository, "
+                         "not with `pip install .`)", "give the folder of the solution notebooks")
     # Bad input is refused before anything runs.
     subs, skipped = exercises.gradable(exercises.submissions(args.paths), solutions)
     for why in skipped:
