@@ -3,7 +3,8 @@
 # a second run installs nothing and changes nothing.
 #   Debian packages: busybox-static (the containers' root filesystem), strace,
 #   iproute2, util-linux (unshare, for comparison), runc and bubblewrap (benchmarks),
-#   libseccomp2 (the seccomp filter, through pyseccomp).
+#   libseccomp2 and python3-seccomp (the seccomp filter: libseccomp's own Python module,
+#   linked into the venv when built for its Python; pyseccomp from the lock otherwise).
 #   A Python virtual environment in $LABKIT_VENV (default: .venv in the repository)
 #   with the classroom's locked set (requirements.lock: every package pinned, with its
 #   hashes, so every machine of a class gets the same files) and labkit itself (pip
@@ -18,7 +19,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${LABKIT_VENV:-$repo/.venv}
-packages=(busybox-static strace iproute2 util-linux runc bubblewrap libseccomp2 python3-venv ca-certificates git)
+packages=(busybox-static strace iproute2 util-linux runc bubblewrap libseccomp2 python3-seccomp python3-venv ca-certificates git)
 case "${1:-}" in
 "") ;;
 --test) packages+=(shellcheck vagrant debootstrap linux-libc-dev) ;;
@@ -63,5 +64,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # (a loaded or emulated machine), says so on stderr in the student's first cell.
     "$venv/bin/python" -c 'import matplotlib.font_manager'
     echo "$want" > "$stamp"
+fi
+# libseccomp's own Python module (Debian's python3-seccomp; it is not on PyPI) goes into the
+# venv as a link when it was built for the venv's Python: labkit/libseccomp.py prefers it to
+# pyseccomp, which runs ldconfig to find libseccomp at every import (benchmarks/container_startup.py).
+module=$(/usr/bin/python3 -c 'import seccomp; print(seccomp.__file__)' 2>/dev/null || true)
+read -r site suffix < <("$venv/bin/python" -c \
+    'import sysconfig; print(sysconfig.get_paths()["platlib"], sysconfig.get_config_var("EXT_SUFFIX"))')
+if [ -n "$module" ] && [ "${module%"$suffix"}" != "$module" ] && [ "$(readlink "$site/${module##*/}")" != "$module" ]; then
+    ln -sfn "$module" "$site/${module##*/}"
 fi
 echo "setup: ready ($venv)"
