@@ -22,7 +22,8 @@ and the floor a Python command cannot go under, from the same interpreter:
                  as the `labkit` command starts
   imports        `python -c "import ..."` of every module a `labkit run -- /bin/true`
                  imports (read from one run under `python -X importtime`): the
-                 interpreter and the imports, no container
+                 interpreter and the imports, no container (its exit finalizes
+                 those modules, as labkit run's does: that is counted with them)
 
 labkit run minus imports is labkit's own work: parsing the options, building the
 container, compiling the seccomp filter, and the kernel's work (clone, mounts,
@@ -149,7 +150,8 @@ def main() -> int:
     print(f"labkit run's {len(imports)} top-level imports: {', '.join(imports)}")
     interpreter, loaded = medians["python"], medians["imports"]
     print(f"of labkit run's {cli:.1f} ms: interpreter {interpreter:.1f} ms ({interpreter / cli:.0%}), "
-          f"imports {loaded - interpreter:.1f} ms ({(loaded - interpreter) / cli:.0%}), labkit's own work "
+          f"imports (and their finalization at exit) {loaded - interpreter:.1f} ms "
+          f"({(loaded - interpreter) / cli:.0%}), labkit's own work "
           f"and the kernel's {cli - loaded:.1f} ms ({(cli - loaded) / cli:.0%})")
     if "runc" in medians:
         ratio = cli / medians["runc"]
