@@ -107,7 +107,8 @@ def idle_cost(count: int) -> tuple[float, float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=50, help="runs of each way (default 50)")
-    parser.add_argument("--idle", type=int, default=50, help="idle containers for the memory cost (default 50; 0: skip it)")
+    parser.add_argument("--idle", type=int, default=50,
+                        help="idle containers for the memory cost (default 50; 0: skip it)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("container_startup.py: needs root (namespaces, cgroups): run it with sudo", file=sys.stderr)
@@ -145,7 +146,8 @@ def main() -> int:
     print(f"{'way':<12} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8} {'x ' + ref_name:>14}")
     for name, values in samples.items():
         q = statistics.quantiles(values, n=10)
-        print(f"{name:<12} {medians[name]:>10.2f} {q[0]:>8.2f} {q[-1]:>8.2f} {medians[name] / medians[ref_name]:>14.2f}")
+        ratio = medians[name] / medians[ref_name]
+        print(f"{name:<12} {medians[name]:>10.2f} {q[0]:>8.2f} {q[-1]:>8.2f} {ratio:>14.2f}")
     cli, api = medians["labkit run"], medians["labkit API"]
     print(f"labkit run's {len(imports)} top-level imports: {', '.join(imports)}")
     interpreter, loaded = medians["python"], medians["imports"]
