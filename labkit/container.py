@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 import shutil
 from typing import Iterable, Sequence
@@ -428,6 +427,8 @@ class Container:
         return dataclasses.asdict(self.config)
 
     def _save_state(self) -> None:
+        import json     # here, not at the top: only a named container has a state file
+
         assert self.process is not None and self.name is not None
         directory = os.path.join(STATE_DIR, self.name)
         os.makedirs(STATE_DIR, exist_ok=True)
@@ -472,9 +473,10 @@ def start_time(host_pid: int) -> int:
 def running() -> dict[str, dict]:
     """The named containers that run now, by name; stale state (its process gone,
     or the PID reused by another process) is removed on the way."""
-    found = {}
+    found: dict[str, dict] = {}
     if not os.path.isdir(STATE_DIR):
         return found
+    import json         # here, not at the top: `labkit run` without --name reads no state
     for name in sorted(os.listdir(STATE_DIR)):
         directory = os.path.join(STATE_DIR, name)
         try:

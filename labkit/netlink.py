@@ -7,7 +7,6 @@ rtnetlink in the host's namespace or in a container's.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any, Callable, TypeVar
 
 from . import kernel
@@ -28,6 +27,7 @@ def in_netns(netns: str | None, work: Callable[[Any], T]) -> T:
     work runs in a thread too: pyroute2's synchronous API runs an asyncio loop,
     which cannot nest in a notebook kernel's running loop.)
     """
+    import threading                  # lazily, as pyroute2: `labkit run --net none` needs neither
     from pyroute2 import IPRoute      # lazily: `labkit run --net none` never loads netlink
 
     outcome: dict[str, Any] = {}

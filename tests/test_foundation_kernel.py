@@ -344,9 +344,11 @@ def container_sleep_of(launcher: int) -> bool:
 
 
 def test_cli_run_path_imports_no_heavy_library():
+    # nor what a run without --name does not use (json serves the state file of a
+    # named container): each is start time (benchmarks/container_startup.py)
     code = ("import sys; from labkit import cli; cli.main(['run', '--', 'true']);"
             "print(sorted(m for m in ('pyroute2', 'matplotlib', 'jupyter', 'ipywidgets',"
-            " 'IPython', 'jupyter_client') if m in sys.modules))")
+            " 'IPython', 'jupyter_client', 'json') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 

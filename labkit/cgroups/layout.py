@@ -35,7 +35,7 @@ a v1 hierarchy (a named one lists ``name=systemd``), ``0::/path`` for v2.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import mountinfo
 from ..mountinfo import MountEntry
@@ -48,8 +48,7 @@ V1_FLAGS = frozenset({"rw", "ro", "noprefix", "xattr", "cpuset_v2_mode", "favord
                       "clone_children"})
 
 
-@dataclass(frozen=True)
-class Hierarchy:
+class Hierarchy(NamedTuple):
     """One mounted cgroup hierarchy: its version, where it is, what it serves.
 
     ``controllers``: for v1 the hierarchy's controllers and its ``name=``
