@@ -748,10 +748,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except BrokenPipeError:             # `labkit doctor | head -1`: the reader left, as SIGPIPE would end us
+        return 128 + signal.SIGPIPE
 
 
 def entry() -> NoReturn:
-    sys.exit(main())
+    """Run the command and exit with its status, skipping Python's own shutdown:
+    by then every primitive is released (the `with` blocks have run), and tearing
+    down each imported module would only delay the exit (benchmarks/container_startup.py)."""
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:                  # the reader of a pipe left (as above)
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ only be written, a veth only moved, once the child's namespaces exist
 (user_namespaces(7), network_namespaces(7)). When no primitive has a join(),
 there is nothing to wait for: child A goes on without "U" and "G". Both forks
 skip CPython's at-fork work when the forking process has one thread, as child
-A always has (kernel.fork: it saves about 0.4 ms a fork).
+A always has (kernel.fork; benchmarks/container_startup.py measures the run).
 
 Between fork and execve the child only makes syscalls through labkit.kernel
 and os: no imports, no locks, no logging, since the parent (a notebook kernel)

@@ -82,7 +82,7 @@ def single_events(events_dir: str) -> list[str]:
     """EVENTS that exist under ``events_dir``, a whole system (cgroup) as its
     events but QUIET, so that each is switched on once and none off: switching
     cgroup:* on and QUIET off again made the next set_event_pid write, in the
-    container's start, take ~10 ms instead of ~1 ms (benchmarks/trace_overhead.py,
+    container's start, several times slower (measured by benchmarks/trace_overhead.py,
     variant "floor, QUIET off"; why, in the kernel, was not established)."""
     found = []
     for event in EVENTS:
@@ -490,10 +490,9 @@ class Trace(Primitive):
                 m = re.search(rf"^{key}: (\d+)", stats, re.M)
                 self.lost += int(m.group(1)) if m else 0
         # Read after the command, not while it runs: a reader thread draining
-        # the binary buffers every 20 ms during the run saved ~2% of the CLI's time
-        # on 200k syscalls, but competed with the traced command for the CPUs:
-        # dd ran at 1.60x the raw-tracepoint floor with it, 1.07x without
-        # (benchmarks/trace_overhead.py 100000 3, two runs, 2 CPUs).
+        # the binary buffers during the run saved little of the CLI's time but
+        # competed with the traced command for the CPUs, which then ran further
+        # from the raw-tracepoint floor (benchmarks/trace_overhead.py measured both).
         items = tracebuf.items(self.dir)
         moved = _attached_dirs([tracebuf.event(i) for i in items if i[2] == "cgroup_attach_task"])
         if moved:                       # the kernel's word beats what observe() could read

@@ -86,7 +86,7 @@ def no_gc() -> Iterator[None]:
     events and 200k records, it spent as long as the building itself
     (benchmarks/trace_overhead.py). Paused, it does not run, but the objects
     wait in its youngest generation, and the first collection after the pause
-    walked all of them (~0.1 s on 600k objects), then again as they aged.
+    walked all of them, then again as they aged.
     So, before switching it back on, ``gc.freeze()`` moves every object alive
     into the permanent generation, which no collection walks (Python's gc
     module documentation). Events and records form no cycles: reference

@@ -164,8 +164,8 @@ def open_self_move(directory: str) -> int:
     container's PID 1 is single-threaded when it writes, so that is the whole
     process. A thread moving itself lets the kernel skip the global lock that
     holds every thread group still (cgroup_threadgroup_rwsem, whose writer
-    waits for an RCU grace period: about 15 ms on this lab's hosts; see
-    cgroup_procs_write_start in kernel/cgroup/cgroup.c). A v2 domain group
+    waits for an RCU grace period; see cgroup_procs_write_start in
+    kernel/cgroup/cgroup.c, and notebook A1, which measures it). A v2 domain group
     takes whole processes only, through ``cgroup.procs`` (``cgroup.threads``
     works only inside a threaded subtree), and pays the grace period.
     """
