@@ -236,12 +236,7 @@ def wait(name: str) -> int:
     _known(name)
     code = exit_code(name)
     if code is None:
-        fd = supervisor_pidfd(name)
-        if fd is not None:
-            try:
-                wait_exited(fd, None)
-            finally:
-                os.close(fd)
+        _until_recorded(name)
         code = exit_code(name)
     if code is None:
         raise LabkitError(f"the supervisor of {name} died without recording an exit status",
