@@ -37,6 +37,7 @@ import errno
 import os
 import select
 import signal
+import warnings  # noqa: F401 - os.execvpe imports it lazily (os.get_exec_path), in the child
 from typing import IO, Iterable, NamedTuple, Sequence
 
 from . import kernel
@@ -369,7 +370,11 @@ def _child_a(argv: list[str], prims: list[Primitive], env: dict[str, str], flags
 
 def _exec_child(argv: list[str], prims: list[Primitive], env: dict[str, str],
                 stdio: tuple[int, int, int], status_w: int) -> None:
-    """The container's init: stdio, enter() each primitive, execve. Never returns."""
+    """The container's init: stdio, enter() each primitive, execve. Never returns.
+
+    Everything it runs must be imported already: after pivot_root the host's
+    standard library is out of reach, and a lazy import fails (ModuleNotFoundError).
+    os.execvpe is one: it imports warnings, which this module therefore imports."""
     step = "dup2"
     try:
         for target, fd in enumerate(stdio):

@@ -381,3 +381,24 @@ def test_doctor_counts_a_filesystem_module_the_kernel_loads_at_first_mount():
     assert doctor.filesystem_support(unloaded[0]) == "supported (module, loaded by the kernel at the first mount)"
     assert doctor.filesystem_support("tmpfs") == "supported"
     assert doctor.filesystem_support("no-such-filesystem") is None
+
+
+CHILD_IMPORTS = """
+import os, sys
+parent = os.getpid()
+def hook(event, args):
+    if event == "import" and os.getpid() != parent:
+        os.write(2, f"child {os.getpid()} imported {args[0]}\\n".encode())
+sys.addaudithook(hook)
+from labkit import cli
+sys.exit(cli.main(["run", "--", "echo", "hi"]))
+"""
+
+
+def test_the_child_imports_nothing_after_fork(no_leaks):
+    """Once inside, the host's standard library is out of reach (pivot_root): any
+    lazy import in the child fails. On Debian 13's lab VM os.execvpe's import of
+    warnings did (spawn.py imports it): every `labkit run` exited 126."""
+    r = subprocess.run([sys.executable, "-c", CHILD_IMPORTS], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
+    assert "imported" not in r.stderr, r.stderr
