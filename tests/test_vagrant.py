@@ -122,7 +122,8 @@ def test_no_box_is_one_message_that_says_how_to_get_one(tmp_path):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("labkit: no lab VM box: build one with `./lab vm build --release trixie && ./lab vm box`")
+    assert lines[0].startswith("labkit: no lab VM box: build one with "
+                               "`./lab vm build --release trixie && ./lab vm box`")
     assert "LABKIT_BOX_URL" in lines[0]
 
 
