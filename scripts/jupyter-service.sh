@@ -8,6 +8,9 @@
 #   /srv/labkit/handouts/NN-*.ipynb            the student versions JupyterLab opens on
 #   /etc/systemd/system/labkit-jupyter.service the unit (root: the notebooks make namespaces)
 #   /usr/local/sbin/labkit-token               prints the login URL with the token
+#   /var/lib/labkit/jupyter.stamp              a digest of what the service runs (the unit,
+#                                              the venv's installed set, labkit's code): when
+#                                              it changes, the running service is restarted
 #
 # The handouts are `labkit exercises build`'s student versions of notebooks/
 # (answers stubbed, check cells locked): JupyterLab's root is that folder, so
@@ -20,7 +23,9 @@
 # (default .venv in the repository), LABKIT_JUPYTER_IP
 # (default 127.0.0.1; the lab VM uses 0.0.0.0 because its NAT port forward, bound
 # to the host's 127.0.0.1, arrives on the VM's own interface), LABKIT_JUPYTER_PORT
-# (default 8888).
+# (default 8888), LABKIT_HOST_PORT (default LABKIT_JUPYTER_PORT: the port the
+# browser uses, different behind a port forward such as Vagrant's LABKIT_PORT;
+# the login URL names it).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +33,7 @@ venv=${LABKIT_VENV:-$repo/.venv}
 handouts=${LABKIT_HANDOUTS:-/srv/labkit/handouts}
 ip=${LABKIT_JUPYTER_IP:-127.0.0.1}
 port=${LABKIT_JUPYTER_PORT:-8888}
+host_port=${LABKIT_HOST_PORT:-$port}
 state=/var/lib/labkit
 unit=labkit-jupyter.service
 changed=()
@@ -85,13 +91,30 @@ RestartSec=5
 WantedBy=multi-user.target
 EOF
 
+# The URL the browser opens names the host's side of the forward ($host_port); when
+# that differs from JupyterLab's own port, the URL inside the VM follows on stderr.
+inside=""
+if [ "$host_port" != "$port" ]; then
+    inside="echo \"(inside the VM: http://127.0.0.1:$port/lab?token=\$token)\" >&2"
+fi
 put 755 /usr/local/sbin/labkit-token <<EOF
 #!/bin/sh
 # Print the lab's JupyterLab login URL with its token (made by scripts/jupyter-service.sh).
 set -e
 token=\$(sed -n 's/^JUPYTER_TOKEN=//p' $state/jupyter.env)
-echo "http://127.0.0.1:$port/lab?token=\$token"
+echo "http://127.0.0.1:$host_port/lab?token=\$token"
+$inside
 EOF
+
+# What the service runs: its unit, the venv's installed set (setup.sh's stamp: the
+# lock and pyproject.toml) and labkit's code (the server's kernels import it). When
+# any changed since the service last started, the running server is stale: restart it.
+runs=$( { cat "/etc/systemd/system/$unit" "$venv/.labkit-installed" 2>/dev/null
+          find "$repo/labkit" -name '*.py' -print0 | LC_ALL=C sort -z | xargs -0 cat; } | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$state/jupyter.stamp" 2>/dev/null)" != "$runs" ]; then
+    echo "$runs" > "$state/jupyter.stamp"
+    changed+=("$state/jupyter.stamp (what $unit runs)")
+fi
 
 if ! systemctl is-enabled --quiet "$unit" 2>/dev/null; then
     systemctl enable --quiet "$unit"

@@ -4,6 +4,9 @@
     ./lab vm build [--release trixie|bookworm] [--force]
     ./lab vm test  [--release ...] [PYTEST-ARGS...]   ./lab test inside the VM, on this checkout
     ./lab vm run   [--release ...] [--port N] -- CMD  any command inside the VM, in /labkit
+    ./lab vm box   [--release ...] [--arch amd64|arm64] [--out DIR] [--base-url URL]
+                   Vagrant boxes (libvirt, VirtualBox), their catalog, a WSL tarball and
+                   cloud-init user-data for a class: scripts/labbox.py says how
 
 build: debootstrap a Debian root with its own kernel (linux-image-amd64) and
 systemd as init, then run the repository's vagrant/provision.sh in it (the same
@@ -221,9 +224,10 @@ class Image:
         full_env.update(env or {})
         sh("unshare", "--mount", "--propagation", "private", "--", "/bin/bash", "-ec", inner, env=full_env)
 
-    def provision(self, root: str) -> None:
-        """vagrant/provision.sh as the Vagrantfile runs it, then setup.sh --test."""
-        log("provisioning: vagrant/provision.sh, then scripts/setup.sh --test")
+    def provision(self, root: str, test_tools: bool = True, then: str = "") -> None:
+        """vagrant/provision.sh as the Vagrantfile runs it, then setup.sh --test (test_tools),
+        then the script `then` (a box's additions: scripts/labbox.py), while the network is there."""
+        log("provisioning: vagrant/provision.sh" + (", then scripts/setup.sh --test" if test_tools else ""))
         # The build reaches the registries as this host does: its DNS and the extra
         # certificate authorities it trusts (a network may inspect TLS). Both are
         # taken out again, so the image trusts only Debian's set.
@@ -233,12 +237,14 @@ class Image:
             shutil.copy2(f"{HOST_CA_DIR}/{crt}", f"{root}{HOST_CA_DIR}/labkit-build-{crt}")
         self.chroot(root, "update-ca-certificates >/dev/null; "
                     "bash /labkit/vagrant/provision.sh; "
-                    "LABKIT_VENV=/opt/labkit/venv bash /labkit/scripts/setup.sh --test; "
+                    + ("LABKIT_VENV=/opt/labkit/venv bash /labkit/scripts/setup.sh --test; " if test_tools else "")
+                    + then +
                     "rm -f /usr/local/share/ca-certificates/labkit-build-*; "
                     "update-ca-certificates --fresh >/dev/null; apt-get clean; rm -rf /root/.cache/pip",
                     env={"LABKIT_JUPYTER_IP": "0.0.0.0", "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"})
-        with open(f"{root}/etc/resolv.conf", "w") as f:
-            f.write("nameserver 10.0.2.3\n")          # qemu's user-network DNS
+        if not os.path.islink(f"{root}/etc/resolv.conf"):     # a box's systemd-resolved keeps its stub
+            with open(f"{root}/etc/resolv.conf", "w") as f:
+                f.write("nameserver 10.0.2.3\n")      # qemu's user-network DNS
 
     def make_disks(self, work: str, root: str) -> None:
         """The root as an ext4 image (mkfs.ext4 -d copies a tree, no loop device), a swap disk,
@@ -389,10 +395,17 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="./lab vm", allow_abbrev=False,
                                      description="The lab VM (Debian, systemd, cgroup v2) under qemu.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("build", "test", "run"):
+    for name in ("build", "test", "run", "box"):
         p = sub.add_parser(name, allow_abbrev=False)
         p.add_argument("--release", choices=sorted(RELEASES), default=DEFAULT_RELEASE)
-        if name == "build":
+        if name == "box":
+            p.add_argument("--arch", choices=("amd64", "arm64"), default="amd64")
+            p.add_argument("--out", default=os.path.join(REPO, "vagrant"),
+                           help="where the boxes, labkit.json, the WSL tarball and user-data go")
+            p.add_argument("--base-url", default=None,
+                           help="where the class downloads the boxes from (labkit.json's URLs; "
+                                "default: file:// of --out)")
+        elif name == "build":
             p.add_argument("--force", action="store_true", help="rebuild even if the image is current")
         else:
             if name == "test":
@@ -405,8 +418,11 @@ def main(argv: list[str]) -> int:
     # command for `run` (after `--`, which ends labvm's own options).
     split = argv.index("--") if "--" in argv else len(argv)
     opts, unknown = parser.parse_known_args(argv[:split])
-    if opts.command == "build" and (unknown or argv[split + 1:]):
-        fail(f"vm build: unexpected arguments {unknown + argv[split + 1:]}")
+    if opts.command in ("build", "box") and (unknown or argv[split + 1:]):
+        fail(f"vm {opts.command}: unexpected arguments {unknown + argv[split + 1:]}")
+    if opts.command == "box":
+        import labbox                      # scripts/labbox.py: the boxes, the catalog, WSL, cloud-init
+        return labbox.main(opts.release, opts.arch, opts.out, opts.base_url)
     image = ready_image(opts.release, getattr(opts, "force", False))
     if opts.command == "build":
         return 0

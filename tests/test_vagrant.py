@@ -1,8 +1,13 @@
 """The lab VM's Vagrantfile, and labkit's code on the VM's other architecture.
 
-`vagrant up` cannot run in CI (no hardware virtualisation, no box download),
-so the Vagrantfile is checked by Vagrant itself: ``vagrant validate``, and the
-configuration Vagrant's own library loads from it for each provider.
+`vagrant up` cannot run in CI (no hardware virtualisation), so the Vagrantfile
+is checked by Vagrant itself: ``vagrant validate``, and the configuration
+Vagrant's own library loads from it for each provider it names (virtualbox,
+whose configuration class is Vagrant's own, and libvirt, whose plugin is not
+installed here: its block is loaded, its settings are not validated).
+No default may depend on a remote box service (Vagrant Cloud's public box
+hosting closes on 2026-12-31): the box comes from LABKIT_BOX_URL, a box file
+beside the Vagrantfile, or LABKIT_BOX, else `vagrant up` stops with one line.
 
 An Apple Silicon host runs an arm64 (aarch64) VM, where the syscall numbers
 differ from x86_64: labkit's tables are checked against the kernel's UAPI
@@ -23,7 +28,7 @@ import subprocess
 
 import pytest
 
-from labkit import kernel, spawn, syscalls
+from labkit import __version__, kernel, spawn, syscalls
 from labkit.errors import KernelError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +37,10 @@ HEADERS = {
     "x86_64": "/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
     "aarch64": "/usr/include/asm-generic/unistd.h",
 }
-LABKIT_ENV = ("LABKIT_BOX", "LABKIT_BOX_URL", "LABKIT_CPUS", "LABKIT_MEMORY", "LABKIT_PORT")
+LABKIT_ENV = ("LABKIT_BOX", "LABKIT_BOX_URL", "LABKIT_BOX_VERSION", "LABKIT_CPUS", "LABKIT_MEMORY",
+              "LABKIT_PORT")
+PROVIDERS = ("virtualbox", "libvirt")
+CATALOG = "https://school.example/labkit/labkit.json"
 
 # Ruby, run with Vagrant's own library: the configuration it loads from the
 # Vagrantfile for each provider, as JSON (nothing is created, no box is fetched).
@@ -41,11 +49,12 @@ require "vagrant"
 require "json"
 env = Vagrant::Environment.new(cwd: ARGV[0], local_data_path: ARGV[1])
 out = {}
-%w[virtualbox libvirt vmware_desktop parallels].each do |name|
+%w[virtualbox libvirt].each do |name|
   config = env.vagrantfile.machine_config(:default, name.to_sym, env.boxes, nil, false)[:config]
   provider = config.vm.get_provider_config(name.to_sym)
   out[name] = {
-    "box" => config.vm.box, "box_url" => config.vm.box_url, "hostname" => config.vm.hostname,
+    "box" => config.vm.box, "box_url" => config.vm.box_url, "box_version" => config.vm.box_version,
+    "box_check_update" => config.vm.box_check_update, "hostname" => config.vm.hostname,
     "networks" => config.vm.networks.map { |type, opts| [type.to_s, opts] },
     "synced_folders" => config.vm.synced_folders,
     "provisioners" => config.vm.provisioners.map { |p| [p.name.to_s, p.type.to_s, p.config.inline, p.config.env] },
@@ -57,49 +66,87 @@ puts JSON.generate(out)
 """
 
 
-def vagrant_env(tmp_path, **extra: str) -> dict[str, str]:
+def vagrant_env(tmp_path, cwd: str = VAGRANT_DIR, **extra: str) -> dict[str, str]:
     """The caller's environment without LABKIT_* settings, with Vagrant's
     per-project state kept in tmp_path (not vagrant/.vagrant)."""
     env = {k: v for k, v in os.environ.items() if k not in LABKIT_ENV}
-    env.update(VAGRANT_CWD=VAGRANT_DIR, VAGRANT_DOTFILE_PATH=str(tmp_path / "dot"),
+    env.update(VAGRANT_CWD=cwd, VAGRANT_DOTFILE_PATH=str(tmp_path / "dot"),
                VAGRANT_CHECKPOINT_DISABLE="1", **extra)
     return env
 
 
 def validate(tmp_path, cwd: str = VAGRANT_DIR, **extra: str) -> subprocess.CompletedProcess:
     # --ignore-provider: no provider is installed here; the core settings are still checked.
-    env = vagrant_env(tmp_path, **extra)
-    env["VAGRANT_CWD"] = cwd
-    return subprocess.run(["vagrant", "validate", "--ignore-provider"], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(["vagrant", "validate", "--ignore-provider"], env=vagrant_env(tmp_path, cwd, **extra),
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-def config(tmp_path, **extra: str) -> dict:
-    result = subprocess.run(["ruby", "-e", DUMP_CONFIG, VAGRANT_DIR, str(tmp_path / "dot")],
-                            env=vagrant_env(tmp_path, **extra), capture_output=True, text=True,
+def config(tmp_path, cwd: str = VAGRANT_DIR, **extra: str) -> dict:
+    result = subprocess.run(["ruby", "-e", DUMP_CONFIG, cwd, str(tmp_path / "dot")],
+                            env=vagrant_env(tmp_path, cwd, **extra), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def copy_of_vagrant_dir(tmp_path, boxes: tuple[str, ...] = ()) -> str:
+    """The Vagrantfile in a folder of its own (beside a link to labkit/, where it reads
+    the version), with empty stand-ins for the box files named."""
+    folder = tmp_path / "checkout" / "vagrant"
+    folder.mkdir(parents=True)
+    shutil.copy2(os.path.join(VAGRANT_DIR, "Vagrantfile"), folder / "Vagrantfile")
+    (tmp_path / "checkout" / "labkit").symlink_to(os.path.join(REPO, "labkit"))
+    for name in boxes:
+        (folder / name).write_bytes(b"")
+    return str(folder)
+
+
 def test_vagrant_validate(tmp_path):
     dotdir = os.path.join(VAGRANT_DIR, ".vagrant")
     had_dotdir = os.path.exists(dotdir)          # a `vagrant up` of this checkout makes it
-    result = validate(tmp_path)
+    for how in ({"LABKIT_BOX_URL": CATALOG}, {"LABKIT_BOX_URL": "file:///srv/labkit-0.1.0-virtualbox.box"},
+                {"LABKIT_BOX": "labkit/lab"}):
+        result = validate(tmp_path, **how)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "validated successfully" in result.stdout
+    folder = copy_of_vagrant_dir(tmp_path, ("labkit-0.1.0.202612010000-libvirt.box",))
+    result = validate(tmp_path, cwd=folder)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "validated successfully" in result.stdout
     assert had_dotdir or not os.path.exists(dotdir), "the test wrote vagrant/.vagrant"
+
+
+def test_no_box_is_one_message_that_says_how_to_get_one(tmp_path):
+    """Without LABKIT_BOX_URL, a box file or LABKIT_BOX, nothing is fetched from anywhere:
+    one line says how to build a box or where to point LABKIT_BOX_URL."""
+    result = validate(tmp_path, cwd=copy_of_vagrant_dir(tmp_path))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("labkit: no lab VM box: build one with "
+                               "`./lab vm build --release trixie && ./lab vm box`")
+    assert "LABKIT_BOX_URL" in lines[0]
+
+
+def test_no_default_depends_on_vagrant_cloud():
+    """Vagrant Cloud boxes are named OWNER/NAME with no URL (bento/debian-12): none is left,
+    and no address of the service."""
+    with open(os.path.join(VAGRANT_DIR, "Vagrantfile")) as f:
+        text = f.read()
+    for gone in ("bento/", "debian/bookworm64", "debian/trixie64", "vagrantup.com", "vagrantcloud"):
+        assert gone not in text
+    names = re.findall(r'"([a-z0-9_-]+/[a-z0-9_.-]+)"', text)
+    assert names == ["labkit/lab"], names       # the catalog's own name, fetched only from LABKIT_BOX_URL
 
 
 def test_vagrant_validate_catches_a_wrong_setting(tmp_path):
     """The same check fails on a Vagrantfile with a setting Vagrant does not know."""
-    copy = tmp_path / "vagrant"
-    copy.mkdir()
-    with open(os.path.join(VAGRANT_DIR, "Vagrantfile")) as f:
+    folder = copy_of_vagrant_dir(tmp_path)
+    path = os.path.join(folder, "Vagrantfile")
+    with open(path) as f:
         text = f.read()
-    (copy / "Vagrantfile").write_text(text.replace('config.vm.hostname = "labkit"',
-                                                   'config.vm.hostnam = "labkit"'))
-    result = validate(tmp_path, cwd=str(copy))
+    with open(path, "w") as f:
+        f.write(text.replace('config.vm.hostname = "labkit"', 'config.vm.hostnam = "labkit"'))
+    result = validate(tmp_path, cwd=folder, LABKIT_BOX_URL=CATALOG)
     assert result.returncode != 0
     assert "hostnam" in result.stdout + result.stderr
 
@@ -107,19 +154,22 @@ def test_vagrant_validate_catches_a_wrong_setting(tmp_path):
 @pytest.mark.parametrize("name,value", [("LABKIT_CPUS", "two"), ("LABKIT_MEMORY", "4G"),
                                         ("LABKIT_PORT", "-1")])
 def test_a_bad_setting_is_one_clear_line(tmp_path, name, value):
-    result = validate(tmp_path, **{name: value})
+    result = validate(tmp_path, LABKIT_BOX_URL=CATALOG, **{name: value})
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f'labkit: {name}="{value}" is not a whole number')
 
 
-def test_defaults_for_every_provider(tmp_path):
-    got = config(tmp_path)
-    assert {"virtualbox", "libvirt"} <= set(got["providers"])
-    assert {"vmware_desktop", "parallels"} & set(got["providers"]), "no provider for Apple Silicon"
-    for provider in ("virtualbox", "libvirt", "vmware_desktop", "parallels"):
+def test_a_catalog_for_every_provider(tmp_path):
+    got = config(tmp_path, LABKIT_BOX_URL=CATALOG)
+    assert set(PROVIDERS) <= set(got["providers"])
+    for provider in PROVIDERS:
         vm = got[provider]
+        assert (vm["box"], vm["box_url"]) == ("labkit/lab", [CATALOG])
+        # Pinned to this checkout's labkit release; any build of it (`vagrant box update`).
+        assert vm["box_version"] == f"~> {__version__}"
+        assert vm["box_check_update"] is False
         # Jupyter is reachable from the host's loopback only, not from its network.
         assert ["forwarded_port", {"guest": 8888, "host": 8888, "host_ip": "127.0.0.1",
                                    "id": "jupyter", "protocol": "tcp"}] in vm["networks"]
@@ -127,28 +177,45 @@ def test_defaults_for_every_provider(tmp_path):
         assert vm["synced_folders"]["/labkit"]["hostpath"] == ".."
         assert vm["synced_folders"]["/vagrant"]["disabled"] is True
         assert vm["provisioners"] == [["labkit", "shell", "bash /labkit/vagrant/provision.sh",
-                                       {"LABKIT_JUPYTER_IP": "0.0.0.0"}]]
+                                       {"LABKIT_JUPYTER_IP": "0.0.0.0", "LABKIT_JUPYTER_PORT": "8888",
+                                        "LABKIT_HOST_PORT": "8888"}]]
         assert vm["hostname"] == "labkit"
-    assert got["virtualbox"]["box"] == "bento/debian-12"
-    assert got["vmware_desktop"]["box"] == got["parallels"]["box"] == "bento/debian-12"
-    assert got["libvirt"]["box"] == "debian/bookworm64"
     assert got["libvirt"]["synced_folders"]["/labkit"]["type"] == "virtiofs"
     assert ["pre-boot", ["modifyvm", "id", "--cpus", 2]] in got["virtualbox"]["customizations"]
     assert ["pre-boot", ["modifyvm", "id", "--memory", "4096"]] in got["virtualbox"]["customizations"]
 
 
+def test_box_files_beside_the_vagrantfile_the_newest_per_provider(tmp_path):
+    old, new = "labkit-0.1.0.202611300000", "labkit-0.1.0.202612010000"
+    folder = copy_of_vagrant_dir(tmp_path, (f"{old}-virtualbox.box", f"{new}-virtualbox.box",
+                                            f"{new}-libvirt.box", "labkit-notes.box"))
+    got = config(tmp_path, cwd=folder)
+    for provider in PROVIDERS:
+        assert got[provider]["box"] == f"{new}-{provider}"
+        assert got[provider]["box_url"] == [f"file://{folder}/{new}-{provider}.box"]
+        assert got[provider]["box_version"] is None          # a box file has no version to pin
+        assert got[provider]["box_check_update"] is False
+
+
 def test_environment_overrides(tmp_path):
-    got = config(tmp_path, LABKIT_BOX="class/debian-12", LABKIT_BOX_URL="file:///srv/boxes/debian-12.box",
+    got = config(tmp_path, LABKIT_BOX="class/lab", LABKIT_BOX_URL="file:///srv/boxes/labkit.json",
+                 LABKIT_BOX_VERSION="= 0.1.0.202612010000",
                  LABKIT_CPUS="4", LABKIT_MEMORY="8192", LABKIT_PORT="18888")
-    for provider in ("virtualbox", "libvirt", "vmware_desktop", "parallels"):
-        assert got[provider]["box"] == "class/debian-12"
-        assert got[provider]["box_url"] == ["file:///srv/boxes/debian-12.box"]
+    for provider in PROVIDERS:
+        assert got[provider]["box"] == "class/lab"
+        assert got[provider]["box_url"] == ["file:///srv/boxes/labkit.json"]
+        assert got[provider]["box_version"] == "= 0.1.0.202612010000"
         forwarded = [opts for kind, opts in got[provider]["networks"] if opts.get("id") == "jupyter"]
         assert forwarded[0]["host"] == 18888 and forwarded[0]["guest"] == 8888
+        # The login URL names the host's side of the forward (labkit-token, jupyter-service.sh).
+        assert got[provider]["provisioners"][0][3]["LABKIT_HOST_PORT"] == "18888"
     assert ["pre-boot", ["modifyvm", "id", "--cpus", 4]] in got["virtualbox"]["customizations"]
     assert ["pre-boot", ["modifyvm", "id", "--memory", "8192"]] in got["virtualbox"]["customizations"]
-    only_url = config(tmp_path, LABKIT_BOX_URL="file:///srv/boxes/debian-12.box")
-    assert only_url["libvirt"]["box"] == only_url["virtualbox"]["box"] == "labkit/local"
+    one_box = config(tmp_path, LABKIT_BOX_URL="file:///srv/boxes/labkit-0.1.0-libvirt.box")
+    assert one_box["libvirt"]["box"] == one_box["virtualbox"]["box"] == "labkit/lab"
+    assert one_box["libvirt"]["box_version"] is None
+    named = config(tmp_path, LABKIT_BOX="labkit/lab")
+    assert (named["libvirt"]["box"], named["libvirt"]["box_url"]) == ("labkit/lab", None)
 
 
 # --- aarch64: syscall numbers --------------------------------------------------------------
