@@ -194,22 +194,24 @@ def test_the_container_dies_with_its_parent():
 
 
 ORPHAN = """
-import os, sys, time
+import os, sys
 from labkit import kernel, spawn
 kernel.prctl(36, 1)                     # PR_SET_CHILD_SUBREAPER: the orphan comes back to us
 lifeline = sys.argv[1] == "lifeline"
+reaped_r, reaped_w = os.pipe()          # we say when the middle one is reaped: its exit is complete
 middle = os.fork()
 if middle == 0:
     r, w = os.pipe2(os.O_NONBLOCK)      # the middle one holds the only write end
     if os.fork() == 0:                  # the child: armed after its parent, the middle one, is gone
         os.close(w)
-        while os.getppid() == middle:
-            time.sleep(0.005)
+        os.close(reaped_w)
+        os.read(reaped_r, 1)
         spawn._parent_pid, spawn._lifeline = middle, (r if lifeline else -1)
         spawn.die_with_parent()
         os._exit(0)
     os._exit(0)
 os.waitpid(middle, 0)
+os.write(reaped_w, b"x")
 _, status = os.waitpid(-1, 0)
 print(os.waitstatus_to_exitcode(status))
 """
