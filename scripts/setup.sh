@@ -10,7 +10,8 @@
 #   hashes, so every machine of a class gets the same files) and labkit itself (pip
 #   install -e, no dependencies: the lock has them).
 #   With --test (what `./lab test` and CI use), also the test suite's tools:
-#   vagrant (`vagrant validate`), shellcheck, debootstrap (a fresh Debian root for
+#   vagrant and its vagrant-libvirt plugin (`vagrant validate` of the Vagrantfile,
+#   the libvirt block included), shellcheck, debootstrap (a fresh Debian root for
 #   the provisioning test), linux-libc-dev (the kernel's syscall tables), git.
 #   With --vm (what `./lab vm` uses), what builds and boots the lab VM: debootstrap,
 #   qemu-system-x86 and qemu-utils, e2fsprogs (mkfs.ext4 -d), cpio and kmod (initramfs),
@@ -22,7 +23,7 @@ venv=${LABKIT_VENV:-$repo/.venv}
 packages=(busybox-static strace iproute2 util-linux runc bubblewrap libseccomp2 python3-seccomp python3-venv ca-certificates git)
 case "${1:-}" in
 "") ;;
---test) packages+=(shellcheck vagrant debootstrap linux-libc-dev) ;;
+--test) packages+=(shellcheck vagrant vagrant-libvirt debootstrap linux-libc-dev) ;;
 --vm) packages+=(debootstrap qemu-system-x86 qemu-utils e2fsprogs cpio kmod chromium) ;;
 *) echo "setup: unknown option $1: use scripts/setup.sh [--test|--vm]" >&2; exit 2 ;;
 esac

@@ -1,10 +1,15 @@
 """The lab VM's Vagrantfile, and labkit's code on the VM's other architecture.
 
 `vagrant up` cannot run in CI (no hardware virtualisation), so the Vagrantfile
-is checked by Vagrant itself: ``vagrant validate``, and the configuration
-Vagrant's own library loads from it for each provider it names (virtualbox,
-whose configuration class is Vagrant's own, and libvirt, whose plugin is not
-installed here: its block is loaded, its settings are not validated).
+is checked by Vagrant itself: ``vagrant validate`` for each provider it names,
+and the configuration Vagrant's own library loads from it for each. Vagrant
+validates only the active provider's block (plugins/kernel_v2/config/vm.rb,
+"Validate only the _active_ provider"), so each is made active in turn with
+VAGRANT_DEFAULT_PROVIDER. libvirt: its block is validated by the vagrant-libvirt
+plugin (Debian's 0.11.2), which connects to libvirt to check that virtiofs is
+usable; LIBVIRT_DEFAULT_URI=test:///default gives it libvirt's own test driver,
+run inside the client library (no daemon, no VM). virtualbox: VirtualBox is not
+installed, so ``--ignore-provider`` checks every setting but its block's.
 No default may depend on a remote box service (Vagrant Cloud's public box
 hosting closes on 2026-12-31): the box comes from LABKIT_BOX_URL, a box file
 beside the Vagrantfile, or LABKIT_BOX, else `vagrant up` stops with one line.
@@ -59,6 +64,7 @@ out = {}
     "synced_folders" => config.vm.synced_folders,
     "provisioners" => config.vm.provisioners.map { |p| [p.name.to_s, p.type.to_s, p.config.inline, p.config.env] },
     "customizations" => provider.respond_to?(:customizations) ? provider.customizations : nil,
+    "provider_config" => provider.class.name,
   }
 end
 out["providers"] = env.vagrantfile.config.vm.__providers.map(&:to_s)
@@ -75,9 +81,16 @@ def vagrant_env(tmp_path, cwd: str = VAGRANT_DIR, **extra: str) -> dict[str, str
     return env
 
 
-def validate(tmp_path, cwd: str = VAGRANT_DIR, **extra: str) -> subprocess.CompletedProcess:
-    # --ignore-provider: no provider is installed here; the core settings are still checked.
-    return subprocess.run(["vagrant", "validate", "--ignore-provider"], env=vagrant_env(tmp_path, cwd, **extra),
+def validate(tmp_path, cwd: str = VAGRANT_DIR, provider: str = "virtualbox",
+             **extra: str) -> subprocess.CompletedProcess:
+    """`vagrant validate` with `provider` active: libvirt's block validated by its plugin
+    against libvirt's test driver; virtualbox's skipped (--ignore-provider, no VirtualBox)."""
+    command = ["vagrant", "validate"]
+    if provider == "libvirt":
+        extra = {"LIBVIRT_DEFAULT_URI": "test:///default", **extra}
+    else:
+        command.append("--ignore-provider")
+    return subprocess.run(command, env=vagrant_env(tmp_path, cwd, VAGRANT_DEFAULT_PROVIDER=provider, **extra),
                           cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
@@ -104,14 +117,17 @@ def copy_of_vagrant_dir(tmp_path, boxes: tuple[str, ...] = ()) -> str:
 def test_vagrant_validate(tmp_path):
     dotdir = os.path.join(VAGRANT_DIR, ".vagrant")
     had_dotdir = os.path.exists(dotdir)          # a `vagrant up` of this checkout makes it
-    for how in ({"LABKIT_BOX_URL": CATALOG}, {"LABKIT_BOX_URL": "file:///srv/labkit-0.1.0-virtualbox.box"},
-                {"LABKIT_BOX": "labkit/lab"}):
-        result = validate(tmp_path, **how)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "validated successfully" in result.stdout
+    for provider in PROVIDERS:
+        for how in ({"LABKIT_BOX_URL": CATALOG}, {"LABKIT_BOX_URL": f"file:///srv/labkit-0.1.0-{provider}.box"},
+                    {"LABKIT_BOX": "labkit/lab"}):
+            result = validate(tmp_path, provider=provider, **how)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "validated successfully" in result.stdout
+            assert ("Ignoring provider config" in result.stdout) == (provider == "virtualbox")
     folder = copy_of_vagrant_dir(tmp_path, ("labkit-0.1.0.202612010000-libvirt.box",))
-    result = validate(tmp_path, cwd=folder)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for provider in PROVIDERS:
+        result = validate(tmp_path, cwd=folder, provider=provider)
+        assert result.returncode == 0, result.stdout + result.stderr
     assert had_dotdir or not os.path.exists(dotdir), "the test wrote vagrant/.vagrant"
 
 
@@ -138,17 +154,26 @@ def test_no_default_depends_on_vagrant_cloud():
     assert names == ["labkit/lab"], names       # the catalog's own name, fetched only from LABKIT_BOX_URL
 
 
-def test_vagrant_validate_catches_a_wrong_setting(tmp_path):
-    """The same check fails on a Vagrantfile with a setting Vagrant does not know."""
+@pytest.mark.parametrize("provider,line,wrong,error", [
+    ("virtualbox", 'config.vm.hostname = "labkit"', 'config.vm.hostnam = "labkit"', "hostnam"),
+    ("libvirt", 'config.vm.hostname = "labkit"', 'config.vm.hostnam = "labkit"', "hostnam"),
+    # libvirt's block: a setting the plugin does not have, and a value only its own check refuses.
+    ("libvirt", "lv.memory = MEMORY", "lv.memroy = MEMORY", "The following settings shouldn't exist: memroy"),
+    ("libvirt", "lv.memory = MEMORY", 'lv.memory = MEMORY; lv.qemu_use_agent = "yes"',
+     "libvirt.qemu_use_agent must be a boolean"),
+])
+def test_vagrant_validate_catches_a_wrong_setting(tmp_path, provider, line, wrong, error):
+    """The same check fails on a Vagrantfile with a setting Vagrant, or the provider's plugin, refuses."""
     folder = copy_of_vagrant_dir(tmp_path)
     path = os.path.join(folder, "Vagrantfile")
     with open(path) as f:
         text = f.read()
+    assert text.count(line) == 1
     with open(path, "w") as f:
-        f.write(text.replace('config.vm.hostname = "labkit"', 'config.vm.hostnam = "labkit"'))
-    result = validate(tmp_path, cwd=folder, LABKIT_BOX_URL=CATALOG)
+        f.write(text.replace(line, wrong))
+    result = validate(tmp_path, cwd=folder, provider=provider, LABKIT_BOX_URL=CATALOG)
     assert result.returncode != 0
-    assert "hostnam" in result.stdout + result.stderr
+    assert error in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("name,value", [("LABKIT_CPUS", "two"), ("LABKIT_MEMORY", "4G"),
@@ -181,6 +206,9 @@ def test_a_catalog_for_every_provider(tmp_path):
                                         "LABKIT_HOST_PORT": "8888"}]]
         assert vm["hostname"] == "labkit"
     assert got["libvirt"]["synced_folders"]["/labkit"]["type"] == "virtiofs"
+    # Each block is read by its provider's own configuration class (libvirt's: the plugin's).
+    assert got["virtualbox"]["provider_config"] == "VagrantPlugins::ProviderVirtualBox::Config"
+    assert got["libvirt"]["provider_config"] == "VagrantPlugins::ProviderLibvirt::Config"
     assert ["pre-boot", ["modifyvm", "id", "--cpus", 2]] in got["virtualbox"]["customizations"]
     assert ["pre-boot", ["modifyvm", "id", "--memory", "4096"]] in got["virtualbox"]["customizations"]
 
