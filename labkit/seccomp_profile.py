@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 from .errors import UsageError
 from .seccomp import ACTIONS, OPERATORS, WITH_ERRNO, Condition, Rule
@@ -69,6 +69,21 @@ class Profile(NamedTuple):
 def _bad(path: str, field: str, why: str) -> UsageError:
     return UsageError(f"seccomp profile {path}: {field}: {why}",
                       "fix the profile (Docker's format: docs.docker.com/engine/security/seccomp/)")
+
+
+def _objects(path: str, where: str, items: Any, fields: set[str], what: str) -> Iterator[tuple[str, dict]]:
+    """Each item of the list ``items`` (at ``where``) with its place, checked to be
+    an object whose fields are all in ``fields``."""
+    if not isinstance(items, list):
+        raise _bad(path, where, "not a list")
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise _bad(path, at, "not an object")
+        for field in item:
+            if field not in fields:
+                raise _bad(path, f"{at}.{field}", f"not a field of {what}")
+        yield at, item
 
 
 def load(path: str, caps: set[str], goarch: str) -> Profile:
@@ -98,16 +113,7 @@ def load(path: str, caps: set[str], goarch: str) -> Profile:
     arches = _arches(path, doc)
     found: list[Rule] = []
     skipped: list[str] = []
-    syscalls = doc.get("syscalls") or []
-    if not isinstance(syscalls, list):
-        raise _bad(path, "syscalls", "not a list")
-    for i, entry in enumerate(syscalls):
-        where = f"syscalls[{i}]"
-        if not isinstance(entry, dict):
-            raise _bad(path, where, "not an object")
-        for field in entry:
-            if field not in RULE_FIELDS:
-                raise _bad(path, f"{where}.{field}", "not a field of a syscall rule")
+    for where, entry in _objects(path, "syscalls", doc.get("syscalls") or [], RULE_FIELDS, "a syscall rule"):
         names = entry.get("names") or ([entry["name"]] if entry.get("name") else [])
         if not names or not all(isinstance(n, str) and n for n in names):
             raise _bad(path, f"{where}.names", "a rule needs a list of syscall names")
@@ -176,16 +182,8 @@ def _arches(path: str, doc: dict[str, Any]) -> tuple[str, ...]:
 def _conditions(path: str, where: str, args: Any) -> list[tuple[Condition, ...]]:
     """The comparisons of one rule: one tuple if each argument is compared once,
     else one tuple per comparison (see the module docstring)."""
-    if not isinstance(args, list):
-        raise _bad(path, f"{where}.args", "not a list")
     found: list[Condition] = []
-    for j, arg in enumerate(args):
-        at = f"{where}.args[{j}]"
-        if not isinstance(arg, dict):
-            raise _bad(path, at, "not an object")
-        for field in arg:
-            if field not in ARG_FIELDS:
-                raise _bad(path, f"{at}.{field}", "not a field of an argument comparison")
+    for at, arg in _objects(path, f"{where}.args", args, ARG_FIELDS, "an argument comparison"):
         index, op = arg.get("index"), arg.get("op")
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= 5:
             raise _bad(path, f"{at}.index", f"{index!r} is not an argument index (0-5)")
