@@ -724,12 +724,19 @@ class Trace(Primitive):
 
         Joining the UTS namespace we are already in changes nothing, but
         setns(2) checks CAP_SYS_ADMIN in our user namespace: one known event.
+        It is caught by an event filter on our thread, not by set_event_pid:
+        clearing a PID list that has entries waits for a grace period
+        (tracepoint_synchronize_unregister in __ftrace_clear_event_pids,
+        kernel/trace/trace_events.c), while join()'s first write to an empty
+        list does not. Kernels since the filter's delayed free (2025,
+        trace_events_filter.c try_delay_free_filter) drop the filter without
+        waiting either.
         """
         assert self.dir is not None
-        events = ("capability/cap_capable" if self.kprobe_group is None
-                  else self.kprobe_group)
-        _write(f"{self.dir}/set_event_pid", str(threading.get_native_id()))
-        _write(f"{self.dir}/events/{events}/enable", "1")
+        event = (f"{self.dir}/events/capability/cap_capable" if self.kprobe_group is None
+                 else f"{self.dir}/events/{self.kprobe_group}/cap_capable")
+        _write(f"{event}/filter", f"common_pid == {threading.get_native_id()}")
+        _write(f"{event}/enable", "1")
         _write(f"{self.dir}/tracing_on", "1")
         fd = os.open("/proc/self/ns/uts", os.O_RDONLY)
         try:
@@ -737,8 +744,8 @@ class Trace(Primitive):
         finally:
             os.close(fd)
             _write(f"{self.dir}/tracing_on", "0")
+            _write(f"{event}/filter", "0")
         caps = [e for e in tracebuf.read(self.dir) if e.name == "cap_capable"]   # and empty it
-        _write(f"{self.dir}/set_event_pid", "")
         return caps[-1].fields.get("target_ns") if caps else None
 
     def _cgroup_value(self, controller: str, column: int) -> int | None:
