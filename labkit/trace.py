@@ -728,15 +728,14 @@ class Trace(Primitive):
         clearing a PID list that has entries waits for a grace period
         (tracepoint_synchronize_unregister in __ftrace_clear_event_pids,
         kernel/trace/trace_events.c), while join()'s first write to an empty
-        list does not. Kernels since the filter's delayed free (2025,
-        trace_events_filter.c try_delay_free_filter) drop the filter without
-        waiting either.
+        list does not. Newer kernels also free a removed filter later instead
+        of waiting (try_delay_free_filter, kernel/trace/trace_events_filter.c);
+        older ones wait there as they do for the PID list.
         """
         assert self.dir is not None
-        event = (f"{self.dir}/events/capability/cap_capable" if self.kprobe_group is None
-                 else f"{self.dir}/events/{self.kprobe_group}/cap_capable")
-        _write(f"{event}/filter", f"common_pid == {threading.get_native_id()}")
-        _write(f"{event}/enable", "1")
+        events = f"{self.dir}/events/{self.kprobe_group or 'capability'}"    # the system: every event in it
+        _write(f"{events}/filter", f"common_pid == {threading.get_native_id()}")
+        _write(f"{events}/enable", "1")
         _write(f"{self.dir}/tracing_on", "1")
         fd = os.open("/proc/self/ns/uts", os.O_RDONLY)
         try:
@@ -744,7 +743,7 @@ class Trace(Primitive):
         finally:
             os.close(fd)
             _write(f"{self.dir}/tracing_on", "0")
-            _write(f"{event}/filter", "0")
+            _write(f"{events}/filter", "0")
         caps = [e for e in tracebuf.read(self.dir) if e.name == "cap_capable"]   # and empty it
         return caps[-1].fields.get("target_ns") if caps else None
 
