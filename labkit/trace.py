@@ -933,5 +933,16 @@ def _unique(quiet: list[dict[str, str]]) -> list[dict[str, str]]:
 def summary_line(trace: Trace) -> str:
     cap = trace.capability_source or "capability checks not traceable on this kernel (no tracepoint, no kprobes)"
     calls = f"; only {','.join(trace.syscalls)}, from {trace.syscall_source}" if trace.syscalls else ""
+    full = (f" (the {trace.buffer_kb} KB buffer of a CPU filled: run again with --buffer-kb "
+            f"{buffer_for_all(trace)}, or Trace(buffer_kb=...))") if trace.lost else ""
     return (f"{len(trace.records)} records from {trace.events_total} kernel events; "
-            f"lost events: {trace.lost}; capability checks from: {cap}{calls}")
+            f"lost events: {trace.lost}{full}; capability checks from: {cap}{calls}")
+
+
+def buffer_for_all(trace: Trace) -> int:
+    """A per-CPU buffer size (KB) that would have held the lost events too: the
+    size scaled by (kept + lost) / kept, with a quarter more for the page
+    headers and the next run's variation, in whole MB."""
+    kept = max(trace.events_total, 1)
+    kb = trace.buffer_kb * (kept + trace.lost) / kept * 1.25
+    return -(-int(kb) // 1024) * 1024

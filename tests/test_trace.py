@@ -175,7 +175,18 @@ def test_a_full_buffer_is_counted_as_lost_events_not_hidden(no_leaks):
                       pid.PidNamespace(), buffer_kb=4)
     assert code == 0
     assert tr.lost > 0
-    assert f"lost events: {tr.lost}" in trace.summary_line(tr)
+    assert f"lost events: {tr.lost} (the 4 KB buffer of a CPU filled: run again with --buffer-kb" \
+        in trace.summary_line(tr)
+
+
+def test_the_buffer_size_a_loss_suggests_loses_nothing(no_leaks):
+    dd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=20000"]
+    small, _ = traced(dd, pid.PidNamespace(), buffer_kb=256)
+    assert small.lost > 0
+    suggested = trace.buffer_for_all(small)
+    assert f"--buffer-kb {suggested}," in trace.summary_line(small)
+    enough, code = traced(dd, pid.PidNamespace(), buffer_kb=suggested)
+    assert code == 0 and enough.lost == 0, (suggested, enough.lost)
 
 
 def test_a_large_enough_buffer_loses_nothing_at_100k_syscalls(no_leaks):
