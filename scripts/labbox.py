@@ -160,11 +160,8 @@ def write(path: str, text: str, mode: int = 0o644) -> None:
 
 
 def sha256(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class Box:
@@ -187,18 +184,19 @@ class Box:
         base = self.image.base_root()
         work = tempfile.mkdtemp(prefix="box-", dir=self.image.dir)
         try:
-            root = f"{work}/root"
+            root, source = f"{work}/root", f"{work}/labkit-src.tar.gz"
+            checkout_tarball(source)           # this checkout, for the box's /labkit and the user-data
             log(f"copying the fresh {self.release} root")
             sh("cp", "-a", "--reflink=auto", base, root)
             self.image.configure(root)
             self.image.provision(root, test_tools=False, then=self.box_script())
-            self.make_box_root(root)
+            self.make_box_root(root, source)
             raw = self.make_disk(work, root)
             made = [self.libvirt_box(work, raw), self.virtualbox_box(work, raw)]
             os.unlink(raw)
             made.append(self.catalog(made))
             made.append(self.wsl_tarball(root))
-            made.append(self.user_data(work))
+            made.append(self.user_data(source))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         for path in made:
@@ -212,8 +210,9 @@ class Box:
                 "id vagrant >/dev/null 2>&1 || useradd -m -s /bin/bash -G sudo vagrant; "
                 "echo vagrant:vagrant | chpasswd; passwd -l root >/dev/null; ")
 
-    def make_box_root(self, root: str) -> None:
-        """What a base box has beyond the lab VM image: Vagrant's login, SSH, its own disk, /labkit."""
+    def make_box_root(self, root: str, source: str) -> None:
+        """What a base box has beyond the lab VM image: Vagrant's login, SSH, its own disk,
+        /labkit (``source``: this checkout's tarball)."""
         write(f"{root}/etc/sudoers.d/vagrant", "vagrant ALL=(ALL) NOPASSWD:ALL\n", 0o440)
         ssh = f"{root}/home/vagrant/.ssh"
         write(f"{ssh}/authorized_keys", vagrant_public_key(), 0o600)
@@ -231,10 +230,7 @@ class Box:
                    f"{root}/etc/systemd/system/multi-user.target.wants/labkit-ssh-host-keys.service")
         # This checkout at /labkit, where the venv's editable labkit points (Vagrant's synced
         # folder covers it with the student's clone; WSL and a bare boot use this copy).
-        tarball = f"{root}/tmp/labkit-src.tar.gz"
-        checkout_tarball(tarball)
-        sh("tar", "-C", f"{root}/labkit", "-xzf", tarball)
-        os.unlink(tarball)
+        sh("tar", "-C", f"{root}/labkit", "-xzf", source)
         self.image.chroot(root, "chown -R vagrant:vagrant /home/vagrant/.ssh && chmod 700 /home/vagrant/.ssh; "
                           "systemctl enable --quiet systemd-resolved; "
                           "mkdir -p /boot/grub && cp -a /usr/lib/grub/i386-pc /boot/grub/ && "
@@ -336,14 +332,12 @@ class Box:
            "--exclude=./boot/*", "-czf", tarball, ".")
         return tarball
 
-    def user_data(self, work: str) -> str:
-        """vagrant/cloud-init/user-data with this checkout in it (write_files, base64): the
-        cloud image needs the package registries only."""
-        tarball = f"{work}/labkit-src.tar.gz"
-        checkout_tarball(tarball)
+    def user_data(self, source: str) -> str:
+        """vagrant/cloud-init/user-data with this checkout (``source``, its tarball) in it
+        (write_files, base64): the cloud image needs the package registries only."""
         with open(os.path.join(REPO, "vagrant", "cloud-init", "user-data")) as f:
             text = f.read()
-        with open(tarball, "rb") as f:
+        with open(source, "rb") as f:
             data = base64.b64encode(f.read()).decode()
         entry = ("  - path: /var/lib/labkit/labkit-src.tar.gz\n"
                  "    permissions: '0600'\n"

@@ -278,6 +278,16 @@ def accel() -> str:
     return "kvm" if os.environ.get("LABKIT_VM_ACCEL") == "kvm" else "tcg,thread=single"
 
 
+def machine_argv(memory: int, cpus: int) -> list[str]:
+    """qemu with the lab VM's machine and nothing attached: q35, accel()'s accelerator (the
+    host's CPU under KVM, qemu's "max" model under TCG), no default devices, no display."""
+    accelerator = accel()
+    return ["qemu-system-x86_64", "-machine", "q35", "-accel", accelerator,
+            "-cpu", "host" if accelerator == "kvm" else "max",
+            "-smp", str(cpus), "-m", str(memory), "-nodefaults", "-no-reboot",
+            "-display", "none", "-monitor", "none"]
+
+
 # What `./lab vm test --ci` leaves out, so that CI's run fits its time under TCG: the
 # files that test the host-side tooling (shellcheck, the Vagrantfile, provisioning a
 # fresh root: the image build itself runs that provisioning), the student versions
@@ -311,11 +321,7 @@ def boot(image: Image, job: str, port: int | None, timeout: float, memory: int, 
         out = f"{run}/output.log"
         open(out, "w").close()
         fwd = f",hostfwd=tcp:127.0.0.1:{port}-:8888" if port else ""
-        argv = [
-            "qemu-system-x86_64", "-machine", "q35", "-accel", accel(),
-            "-cpu", "host" if accel() == "kvm" else "max",
-            "-smp", str(cpus), "-m", str(memory), "-nodefaults", "-no-reboot",
-            "-display", "none", "-monitor", "none",
+        argv = machine_argv(memory, cpus) + [
             "-kernel", image.kernel, "-initrd", image.initrd,
             "-append", "root=/dev/vda rw console=ttyS0 labkit.job=1 systemd.show_status=0 quiet",
             "-drive", f"file={image.disk},format=raw,if=virtio,snapshot=on",

@@ -293,10 +293,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def qemu_argv(memory: int = 4096) -> list[str]:
-    return ["nice", "-n", "19", "qemu-system-x86_64", "-machine", "q35", "-accel", labvm.accel(),
-            "-cpu", "max", "-smp", "2", "-m", str(memory), "-nodefaults", "-no-reboot",
-            "-display", "none", "-monitor", "none"]
+def qemu_argv() -> list[str]:
+    """The lab VM's machine (labvm.machine_argv) at the Vagrantfile's size, niced."""
+    return ["nice", "-n", "19", *labvm.machine_argv(labbox.MEMORY_MIB, labbox.CPUS)]
 
 
 @pytest.mark.slow
